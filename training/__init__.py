@@ -1,0 +1,1 @@
+"""Scripts that build, train and evaluate the embedded tiny-shapes-sd model."""

@@ -1,0 +1,165 @@
+"""Rebuild the embedded model from scratch: ``python -m training.build [--preset cpu|gpu|smoke]``.
+
+Stages (each resumable: skipped when its output exists, unless ``--force``):
+``data`` (render the world) -> ``clip`` (contrastive CLIP) and ``vae`` (independent of each other) -> ``encode``
+(latents and per-token text states, computed once) -> ``unet`` (DDPM training) -> ``package`` (diffusers
+pipeline directory, default ``models/tiny-shapes-sd``). Fixed seeds throughout; loss curves are written as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.common import pick_device
+from training.config import TrainConfig, preset
+from training.data import WorldData, render_split
+
+STAGES = ("data", "clip", "vae", "encode", "unet", "package")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _save_data(d: WorldData, path: Path) -> None:
+    np.savez(path, images=d.images, captions=np.array(d.captions), obj_tokens=d.obj_tokens, obj_masks=d.obj_masks)
+
+
+def _load_data(path: Path) -> WorldData:
+    z = np.load(path)
+    return WorldData(z["images"], [str(c) for c in z["captions"]], z["obj_tokens"], z["obj_masks"])
+
+
+def _stage_data(cfg: TrainConfig, work: Path) -> None:
+    for split, n in (("train", cfg.n_train), ("val", cfg.n_val)):
+        t = time.time()
+        d = render_split(n, cfg.seed, split, cfg.image_size, cfg.max_objects)
+        _save_data(d, work / f"data_{split}.npz")
+        print(f"[data] {split}: {n} scenes in {time.time() - t:.1f}s", flush=True)
+
+
+def _stage_encode(cfg: TrainConfig, work: Path, device: torch.device) -> None:
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    from training.models import build_clip, text_model_from_open_clip
+    from training.train_clip import tokenize
+    from training.train_unet import encode_latents, encode_text_states
+
+    data = _load_data(work / "data_train.npz")
+    clip = build_clip(cfg.clip)
+    clip.load_state_dict(load_file(work / "clip" / "clip.safetensors"))
+    text_model = text_model_from_open_clip(clip).to(device)
+    vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval()
+    t = time.time()
+    captions, inverse = np.unique(np.array(data.captions), return_inverse=True)
+    states = encode_text_states(text_model, tokenize(list(captions)).to(device))  # (U, 77, width)
+    empty = encode_text_states(text_model, tokenize([""]).to(device))[0]  # (77, width)
+    latents = encode_latents(vae, torch.as_tensor(data.images), device)  # (N, C, h, w)
+    save_file(
+        {
+            "latents": latents.float().cpu().contiguous(),
+            "unique_states": states.cpu().contiguous(),
+            "state_index": torch.as_tensor(inverse, dtype=torch.int64),
+            "empty_state": empty.cpu().contiguous(),
+        },
+        work / "encoded.safetensors",
+    )
+    print(f"[encode] {len(captions)} unique captions, {len(latents)} latents in {time.time() - t:.1f}s", flush=True)
+
+
+def _stage_unet(cfg: TrainConfig, work: Path, device: torch.device, name: str) -> None:
+    from safetensors.torch import load_file
+
+    from training.train_unet import train_unet
+
+    enc = load_file(work / "encoded.safetensors", device=str(device))
+    states = enc["unique_states"][enc["state_index"]]  # (N, 77, width) float16
+    data = _load_data(work / "data_train.npz")
+    train_unet(cfg, enc["latents"], states, enc["empty_state"], data, work, device, name=name)
+
+
+def run(cfg: TrainConfig, work: Path, out: Path, stages: list[str], device: torch.device, force: bool, unet_name: str):
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"config_{cfg.name}.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+    outputs = {
+        "data": work / "data_val.npz",
+        "clip": work / "clip" / "clip.safetensors",
+        "vae": work / "vae" / "config.json",
+        "encode": work / "encoded.safetensors",
+        "unet": work / unet_name / "config.json",
+        "package": None,
+    }
+    for stage in stages:
+        done = outputs[stage]
+        if done is not None and done.exists() and not force:
+            print(f"[{stage}] done already ({done}); --force to redo", flush=True)
+            continue
+        t = time.time()
+        if stage == "data":
+            _stage_data(cfg, work)
+        elif stage in ("clip", "vae"):
+            from training.train_clip import train_clip
+            from training.train_vae import train_vae
+
+            data, val = _load_data(work / "data_train.npz"), _load_data(work / "data_val.npz")
+            (train_clip if stage == "clip" else train_vae)(cfg, data, val, work / stage, device)
+        elif stage == "encode":
+            _stage_encode(cfg, work, device)
+        elif stage == "unet":
+            _stage_unet(cfg, work, device, unet_name)
+        elif stage == "package":
+            from training.package import package_pipeline, verify_text_tower
+
+            package_pipeline(work, out, cfg, unet_name)
+            check = verify_text_tower(out, ["a big red circle on the left and a small blue triangle on the right", ""])
+            print(f"[package] {out}: text tower check {check}", flush=True)
+            if not check["ids_equal"] or check["max_abs_state_diff"] > 1e-2:
+                raise SystemExit(f"packaged text tower differs from open_clip: {check}")
+        print(f"[{stage}] finished in {time.time() - t:.1f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.build", description=__doc__)
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "build")
+    p.add_argument("--out", type=Path, default=REPO / "models" / "tiny-shapes-sd")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--device", default=None)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--unet-name", default="unet", help="folder name of the U-Net run (to train variants side by side)")
+    p.add_argument("--grounding-weight", type=float, default=None, help="override the token grounding loss weight")
+    p.add_argument("--unet-steps", type=int, default=None)
+    p.add_argument("--budget", action="append", default=[], help="stage=seconds wall-clock cap, e.g. unet=300")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        p.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES)}")
+    cfg = preset(args.preset)
+    unet_over = {}
+    if args.grounding_weight is not None:
+        unet_over["grounding_weight"] = args.grounding_weight
+    if args.unet_steps is not None:
+        unet_over["steps"] = args.unet_steps
+    if unet_over:
+        cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, **unet_over))
+    if args.budget:
+        budgets = {k: float(v) for k, v in (b.split("=") for b in args.budget)}
+        cfg = dataclasses.replace(cfg, time_budget_s=budgets)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    print(f"[build] preset={cfg.name} device={device} stages={stages} work={args.work}", flush=True)
+    run(cfg, args.work, args.out, stages, device, args.force, args.unet_name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

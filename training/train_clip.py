@@ -1,0 +1,100 @@
+"""Stage 1: contrastive training of the tiny CLIP (Radford et al. 2021), with the seed's symmetric loss.
+
+The loss is explain/'s implementation of the CLIP pseudocode (explain.clip_contrastive.contrastive_loss), which the
+test-suite cross-checks against open_clip's ``ClipLoss``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from explain.clip_contrastive import contrastive_loss
+from training.common import StageLog, autocast, lr_at
+from training.config import TrainConfig
+from training.data import WorldData
+from training.models import build_clip, zero_unused_token_rows
+
+__all__ = ["train_clip", "images_to_tensor", "tokenize", "retrieval_top1"]
+
+
+def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1] (CLIP preprocessing with mean = std = 0.5)."""
+    x = torch.as_tensor(images, device=device)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tokenize(captions: list[str], context_length: int = 77) -> torch.Tensor:
+    """CLIP BPE ids, (N, context_length), padded with 0 as open_clip (and our CLIPTokenizer, pad '!') do."""
+    return open_clip.tokenizer.tokenize(captions, context_length=context_length)
+
+
+@torch.no_grad()
+def retrieval_top1(model: open_clip.CLIP, images: torch.Tensor, tokens: torch.Tensor) -> tuple[float, float]:
+    """Caption retrieval among the batch: (image->text top-1, text->image top-1)."""
+    model.eval()
+    i_e = F.normalize(model.encode_image(images), dim=-1)
+    t_e = F.normalize(model.encode_text(tokens), dim=-1)
+    sim = i_e @ t_e.T  # (N, N)
+    labels = torch.arange(len(sim), device=sim.device)
+    return (sim.argmax(1) == labels).float().mean().item(), (sim.argmax(0) == labels).float().mean().item()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("positional_embedding"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_clip(cfg: TrainConfig, data: WorldData, val: WorldData, out_dir: Path, device: torch.device) -> Path:
+    """Train and save ``out_dir/clip.safetensors`` (whole open_clip state dict) and ``clip_config.json``."""
+    c = cfg.clip
+    torch.manual_seed(cfg.seed)
+    model = build_clip(c).to(device)
+    tokens = tokenize(data.captions, c.context_length)
+    used = torch.unique(torch.cat([tokens.flatten(), tokenize([""]).flatten()]))
+    zero_unused_token_rows(model, used)
+    tokens = tokens.to(device)
+    images = torch.as_tensor(data.images, device=device)
+    val_images = images_to_tensor(val.images[:256], device)
+    val_tokens = tokenize(val.captions[:256], c.context_length).to(device)
+
+    opt = torch.optim.AdamW(_param_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    log = StageLog("clip", out_dir, c.steps, cfg.time_budget_s.get("clip"))
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    max_logit = float(np.log(100.0))
+    for step in range(c.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(log.effective_step(step), c.steps, c.lr, c.warmup)
+        idx = torch.randint(0, len(tokens), (c.batch_size,), generator=gen).to(device)
+        model.train()
+        with autocast(device):
+            i_e = F.normalize(model.encode_image(images_to_tensor(images[idx], device)), dim=-1)  # (B, D)
+            t_e = F.normalize(model.encode_text(tokens[idx]), dim=-1)  # (B, D)
+        loss = contrastive_loss(i_e.float(), t_e.float(), model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_logit)
+        log.log(step, loss.item(), every=100, t=model.logit_scale.exp().item())
+        if log.over_budget():
+            break
+    i2t, t2i = retrieval_top1(model, val_images, val_tokens)
+    print(f"[clip] val retrieval top-1 image->text {i2t:.3f} text->image {t2i:.3f}", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "clip.safetensors")
+    (out_dir / "clip_config.json").write_text(json.dumps({"embed_dim": c.embed_dim, "clip": c.__dict__}, indent=1))
+    log.save(val_top1_image_to_text=i2t, val_top1_text_to_image=t2i)
+    return out_dir / "clip.safetensors"
