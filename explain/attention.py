@@ -1,0 +1,356 @@
+"""Record Stable Diffusion's cross-attention maps without changing a single output bit.
+
+Each ``attn2`` layer of the U-Net lets every latent position attend to the 77 text-token embeddings:
+
+    A = softmax(Q Kᵀ · d^-1/2),  Q = W_q h  (B, heads, N, d),  K = W_k c  (B, heads, 77, d)
+
+(Vaswani et al. 2017, eq. 1; Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models",
+eq. 3 and Fig. 3). Row ``A[b, head, n, :]`` says which words latent position ``n`` listens to. Following DAAM
+(Tang et al. 2023, "What the DAAM: Interpreting Stable Diffusion Using Cross Attention"), the maps of all layers,
+heads and steps are aggregated into one heat map per word in :mod:`explain.heatmap`.
+
+:class:`AttentionRecorder` swaps a capturing processor onto the ``attn2`` layers through the U-Net's public
+``set_attn_processor`` and restores the original processors on exit, also when generation raises. The capturing
+processor lets the original processor compute the layer output (so images are bit-identical with capture on or
+off) and computes A separately, for the recorded classifier-free-guidance branch only.
+
+Example:
+    >>> view = tokenize_prompt(pipe.tokenizer, prompt)
+    >>> with AttentionRecorder(pipe, token_count=view.n_used) as rec:
+    ...     image = pipe(prompt, callback_on_step_end=rec.callback_on_step_end).images[0]
+    >>> captured = rec.result()   # maps[layer]: (steps, batch, tokens, h, w) float16
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Branch", "CapturedAttention", "AttentionRecorder", "compose_callbacks"]
+
+
+class Branch(enum.Enum):
+    """Which half of a classifier-free-guidance batch to record.
+
+    With guidance, SD pipelines run the U-Net on ``torch.cat([negative, positive])``: the first half is the
+    unconditional (negative-prompt) branch, the second the prompt-conditioned one (Ho & Salimans 2022).
+    """
+
+    COND = "cond"
+    UNCOND = "uncond"
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compare fields explicitly
+class CapturedAttention:
+    """Cross-attention maps of one generation.
+
+    Attributes:
+        maps: Per layer (diffusers module path, U-Net execution order) a float16 CPU tensor
+            ``(steps, batch, tokens, h, w)``, or ``(steps, batch, heads, tokens, h, w)`` when recorded per head.
+            Token ``j`` is slot ``j`` of the tokenizer output (0 = BOS).
+        layer_resolutions: Per layer the native (h, w) of its feature map (stored maps may be pooled smaller).
+        latent_hw: (h, w) of the latent.
+        image_hw: (H, W) of the image in pixels.
+        timesteps: Scheduler timestep of each step (NaN where unknown).
+        calls_per_step: U-Net calls averaged into each step (2 for Heun-type schedulers).
+        token_count: Token columns kept.
+        branch: The recorded guidance branch.
+        per_head: Whether heads were kept.
+    """
+
+    maps: dict[str, torch.Tensor]
+    layer_resolutions: dict[str, tuple[int, int]]
+    latent_hw: tuple[int, int]
+    image_hw: tuple[int, int]
+    timesteps: tuple[float, ...]
+    calls_per_step: tuple[int, ...]
+    token_count: int
+    branch: Branch
+    per_head: bool
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(self.maps)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.maps.values())).shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all maps."""
+        return sum(m.numel() * m.element_size() for m in self.maps.values())
+
+
+def compose_callbacks(*callbacks: Callable | None) -> Callable:
+    """Chain ``callback_on_step_end`` functions: each gets the kwargs the previous one returned.
+
+    Returns:
+        ``callback(pipe, step_index, timestep, callback_kwargs) -> callback_kwargs``.
+    """
+    active = [cb for cb in callbacks if cb is not None]
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        for cb in active:
+            callback_kwargs = cb(pipe, step_index, timestep, callback_kwargs)
+        return callback_kwargs
+
+    return callback
+
+
+def _feature_hw(latent_hw: tuple[int, int], n: int) -> tuple[int, int]:
+    """(h, w) of a U-Net feature map with ``n`` positions: the latent halved k times (stride-2 convs round up)."""
+    h, w = latent_hw
+    while h * w > n:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != n:
+        raise ValueError(
+            f"a layer has {n} positions, which no downsampling of the {latent_hw} latent gives; "
+            "pass height/width to AttentionRecorder or pass rec.callback_on_step_end to the pipeline"
+        )
+    return h, w
+
+
+class _CaptureProcessor:
+    """Runs the original processor for the output; records softmax(Q Kᵀ · scale) on the side."""
+
+    def __init__(self, original, name: str, recorder: AttentionRecorder):
+        self.original = original
+        self.name = name
+        self.recorder = recorder
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if temb is not None:
+            kwargs["temb"] = temb
+        out = self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs
+        )
+        self.recorder._record(self.name, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return out
+
+
+class AttentionRecorder:
+    """Context manager recording cross-attention probabilities per layer and denoising step.
+
+    Pass ``rec.callback_on_step_end`` to the pipeline (chain others with :func:`compose_callbacks`): it marks
+    step boundaries (U-Net calls are grouped into step ``step_index // scheduler.order``, so the two calls of a
+    Heun step are averaged into one) and reads the latent shape, so non-square images need no hints. Without it,
+    every U-Net call is one step and the latent size comes from ``height``/``width`` or the U-Net default.
+
+    Memory: only ``token_count`` columns are kept, heads are averaged unless ``per_head``, maps are float16 on the
+    CPU and optionally pooled to ``max_resolution``; unpooled float32 work is held for one step at most.
+
+    Args:
+        pipe: A Stable Diffusion (XL) pipeline.
+        branch: Guidance branch to record; ``UNCOND`` needs guidance on (``pipe.do_classifier_free_guidance``).
+        per_head: Keep every head instead of their mean.
+        store_dtype: dtype of stored maps.
+        max_resolution: Average-pool maps whose longer side exceeds this.
+        token_count: Keep token columns ``[0, token_count)``: BOS..EOS is ``tokenize_prompt(...).n_used``
+            (use the largest over a batch of prompts). ``None`` keeps all key columns.
+        height: Image height hint in pixels (used only without the callback).
+        width: Image width hint in pixels (used only without the callback).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        branch: Branch = Branch.COND,
+        per_head: bool = False,
+        store_dtype: torch.dtype = torch.float16,
+        max_resolution: int | None = None,
+        token_count: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ):
+        self.pipe = pipe
+        self.branch = Branch(branch)
+        self.per_head = per_head
+        self.store_dtype = store_dtype
+        self.max_resolution = max_resolution
+        self.token_count = token_count
+        sample = pipe.unet.config.sample_size
+        latent_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        if height is not None and width is not None:
+            latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        self._latent_hw: tuple[int, int] = latent_hw
+        self._originals: dict | None = None
+        self._layers: list[str] = []  # attn2 layer names, filled on first use, execution order
+        self._pending: dict[str, list[torch.Tensor]] = {}  # calls since the last callback, flat (B, [H,] T, N)
+        self._open: dict[str, list[torch.Tensor]] = {}  # calls of the step not yet closed
+        self._open_step: int | None = None
+        self._open_timestep = math.nan
+        self._saw_callback = False
+        self._steps: dict[str, list[torch.Tensor]] = {}  # closed steps, stored form
+        self._resolutions: dict[str, tuple[int, int]] = {}
+        self._timesteps: list[float] = []
+        self._calls: list[int] = []
+        self._result: CapturedAttention | None = None
+
+    # -- context manager ---------------------------------------------------------------------------------------
+    def __enter__(self) -> AttentionRecorder:
+        if self._originals is not None:
+            raise RuntimeError("AttentionRecorder is already active")
+        unet = self.pipe.unet
+        originals = dict(unet.attn_processors)
+        swapped = {}
+        for key, processor in originals.items():
+            name = key.removesuffix(".processor")
+            is_cross = getattr(unet.get_submodule(name), "is_cross_attention", False)
+            swapped[key] = _CaptureProcessor(processor, name, self) if is_cross else processor
+        if not any(isinstance(p, _CaptureProcessor) for p in swapped.values()):
+            raise ValueError("the U-Net has no cross-attention layers")
+        self._originals = originals
+        try:
+            unet.set_attn_processor(swapped)
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._originals is not None:
+            self.pipe.unet.set_attn_processor(dict(self._originals))
+            self._originals = None
+
+    # -- capture -------------------------------------------------------------------------------------------------
+    def _branch_slice(self, batch: int) -> slice:
+        if not self.pipe.do_classifier_free_guidance:
+            if self.branch is Branch.UNCOND:
+                raise ValueError("Branch.UNCOND needs classifier-free guidance (guidance_scale > 1)")
+            return slice(0, batch)
+        if batch % 2:
+            raise ValueError(f"guidance is on but the U-Net batch ({batch}) is not [negative, positive] halves")
+        half = batch // 2
+        return slice(0, half) if self.branch is Branch.UNCOND else slice(half, batch)
+
+    @torch.no_grad()
+    def _record(self, name, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> None:
+        """softmax(Q Kᵀ · scale) for the recorded branch, mirroring ``AttnProcessor2_0``'s preprocessing."""
+        rows = self._branch_slice(hidden_states.shape[0])
+        hs = hidden_states[rows]
+        context = encoder_hidden_states[rows]
+        if attn.spatial_norm is not None:
+            hs = attn.spatial_norm(hs, temb[rows])
+        if hs.ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
+            b, c, h, w = hs.shape
+            hs = hs.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q = attn.to_q(hs)  # (B, N, heads*d)
+        k = attn.to_k(context)  # (B, T, heads*d)
+        b, n, _ = q.shape
+        t = k.shape[1]
+        head_dim = k.shape[-1] // attn.heads
+        q = q.view(b, n, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+        k = k.view(b, t, attn.heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        scores = q.float() @ k.float().transpose(-1, -2) * attn.scale  # (B, heads, N, T)
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask[rows], t, b).view(b, attn.heads, -1, t)
+            scores = scores + mask.float()
+        probs = scores.softmax(dim=-1)  # over all T keys, as the layer itself does
+        tokens = t if self.token_count is None else self.token_count
+        if tokens > t:
+            raise ValueError(f"token_count={tokens} but the layer has only {t} keys")
+        probs = probs[..., :tokens]  # (B, heads, N, tokens)
+        if not self.per_head:
+            probs = probs.mean(dim=1)  # (B, N, tokens)
+        flat = probs.transpose(-1, -2).to("cpu", self.store_dtype)  # (B, [heads,] tokens, N)
+        if name not in self._pending:
+            self._pending[name] = []
+            if name not in self._layers:
+                self._layers.append(name)
+        self._pending[name].append(flat)
+        self._result = None
+
+    def callback_on_step_end(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        """Pipeline callback: closes the U-Net calls of step ``step_index // pipe.scheduler.order``."""
+        latents = callback_kwargs.get("latents")
+        if latents is not None:
+            self._latent_hw = tuple(latents.shape[-2:])
+        self._saw_callback = True
+        step = step_index // getattr(pipe.scheduler, "order", 1)
+        if self._open_step is not None and step != self._open_step:
+            self._close_step()
+        if self._open_step is None:
+            self._open_step = step
+            self._open_timestep = float(timestep)
+        for name, calls in self._pending.items():
+            self._open.setdefault(name, []).extend(calls)
+        self._pending = {}
+        return callback_kwargs
+
+    def _close_step(self) -> None:
+        """Average a step's calls per layer, reshape to (h, w), pool, store."""
+        if not self._open:
+            self._open_step = None
+            return
+        n_calls = {len(calls) for calls in self._open.values()}
+        for name, calls in self._open.items():
+            mean = torch.stack(calls).float().mean(dim=0)  # (B, [heads,] tokens, N)
+            h, w = _feature_hw(self._latent_hw, mean.shape[-1])
+            grid = mean.unflatten(-1, (h, w))  # (B, [heads,] tokens, h, w)
+            if self.max_resolution is not None and max(h, w) > self.max_resolution:
+                ratio = self.max_resolution / max(h, w)
+                size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
+                grid = F.adaptive_avg_pool2d(grid.flatten(0, -3), size).unflatten(0, grid.shape[:-2])
+            self._resolutions[name] = (h, w)
+            self._steps.setdefault(name, []).append(grid.to(self.store_dtype))
+        self._timesteps.append(self._open_timestep)
+        self._calls.append(max(n_calls))
+        self._open, self._open_step, self._open_timestep = {}, None, math.nan
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held so far (closed steps plus buffered calls)."""
+        held = [t for group in (self._steps, self._open, self._pending) for calls in group.values() for t in calls]
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def result(self) -> CapturedAttention:
+        """Close the last step and return the maps (computed once, cached)."""
+        if self._result is not None:
+            return self._result
+        self._close_step()
+        if self._pending and self._saw_callback:  # calls after the last callback (interrupted run): one step
+            self._open, self._pending = self._pending, {}
+            self._close_step()
+        elif self._pending:  # no callback at all: every U-Net call is a step
+            for i in range(max(len(calls) for calls in self._pending.values())):
+                self._open = {name: calls[i : i + 1] for name, calls in self._pending.items() if len(calls) > i}
+                self._close_step()
+            self._pending = {}
+        if not self._steps:
+            raise RuntimeError("nothing was recorded: run the pipeline inside the `with AttentionRecorder(...)` block")
+        maps = {name: torch.stack(self._steps[name]) for name in self._layers}  # (steps, B, [heads,] T, h, w)
+        self._steps = {name: list(maps[name].unbind(0)) for name in self._layers}  # views: no second copy kept
+        scale = self.pipe.vae_scale_factor
+        self._result = CapturedAttention(
+            maps=maps,
+            layer_resolutions={name: self._resolutions[name] for name in self._layers},
+            latent_hw=self._latent_hw,
+            image_hw=(self._latent_hw[0] * scale, self._latent_hw[1] * scale),
+            timesteps=tuple(self._timesteps),
+            calls_per_step=tuple(self._calls),
+            token_count=next(iter(maps.values())).shape[-3],
+            branch=self.branch,
+            per_head=self.per_head,
+        )
+        return self._result

@@ -1,0 +1,258 @@
+"""``python -m explain generate``: one image per (prompt, seed), with its cross-attention explained.
+
+Writes into ``--out DIR`` (or ``DIR/NNN/`` per pair when several prompts or seeds are given, plus
+``DIR/index.json``):
+
+- ``image.png``       the generated image
+- ``summary.json``    prompt, seed, model, tokens, words, capture bytes, seconds (``denoising``: pipeline call to the
+                      last step's callback, prompt encoding included; ``total``: the whole pair, files included)
+- ``attention.npz``   ``words``, ``word_maps`` (n_words, H, W) float32, ``tokens``, ``token_maps`` (n_tokens, H, W)
+                      float32 (DAAM aggregate over all steps, layers, heads; not normalised), ``cube`` float16
+                      (steps, layers, tokens, h, w) and ``layer_names``
+- ``heatmaps/NN_word.png``  one overlay per word
+- ``film.gif``        per step: the predicted clean image x̂₀ (noisy latents where the scheduler gives no x̂₀),
+                      then the same frame overlaid with each word's attention at that step
+
+``--no-capture`` writes only ``image.png`` and ``summary.json``; the image is bit-identical to the captured run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from explain.cli import CliError
+
+__all__ = ["add_parser", "run", "SCHEDULERS"]
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+FILM_TILE_SIDE = 256  # longest side of one film tile, pixels
+FILM_MAX_WORDS = 8  # word tiles per film frame
+FILM_FRAME_MS = 200
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("generate", help="generate images and explain their cross-attention")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
+    parser.add_argument("--seed", action="append", type=int, help="random seed (repeat for several; default 0)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 is off")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    parser.add_argument("--model", default=None, help="diffusers directory or Hub id (default: embedded model)")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="replace the scheduler")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-capture", action="store_true", help="only image.png and summary.json")
+    parser.add_argument("--film-decode", choices=("preview", "vae"), default="preview", help="film frame decoder")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _validate_args(args) -> list[int]:
+    for prompt in args.prompt:
+        if not prompt.strip():
+            raise CliError("--prompt must not be empty")
+    if args.steps < 1:
+        raise CliError(f"--steps must be >= 1 (got {args.steps})")
+    if args.guidance < 0:
+        raise CliError(f"--guidance must be >= 0 (got {args.guidance})")
+    seeds = args.seed if args.seed else [0]
+    if any(seed < 0 for seed in seeds):
+        raise CliError("--seed must be >= 0")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name} must be positive (got {value})")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} exists and is not a directory")
+    return seeds
+
+
+def _image_size(args, pipe) -> tuple[int, int]:
+    """(height, width), defaulting to the model's, checked against the U-Net's total downsampling."""
+    sample = pipe.unet.config.sample_size
+    sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    height = args.height or sample_hw[0] * pipe.vae_scale_factor
+    width = args.width or sample_hw[1] * pipe.vae_scale_factor
+    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    for name, value in (("height", height), ("width", width)):
+        if value % multiple:
+            raise CliError(
+                f"--{name} {value} is not a multiple of {multiple} (VAE factor {pipe.vae_scale_factor} x U-Net "
+                f"downsampling {multiple // pipe.vae_scale_factor})"
+            )
+    return height, width
+
+
+def _load(args):
+    import diffusers
+    import transformers
+
+    from explain.loading import ModelLoadError, load_pipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        pipe = load_pipeline(args.model, device=args.device)
+    except ModelLoadError as err:
+        raise CliError(str(err)) from err
+    if args.scheduler:
+        scheduler_class = getattr(diffusers, SCHEDULERS[args.scheduler])
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def _safe_name(word: str) -> str:
+    return re.sub(r"[^\w-]+", "_", word).strip("_") or "punct"
+
+
+def _thumbnail(array: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    image.thumbnail((FILM_TILE_SIDE, FILM_TILE_SIDE), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def _write_film(path: Path, film_frames, captured, view) -> None:
+    from PIL import Image
+
+    from explain.heatmap import aggregate, overlay
+
+    frames = []
+    for frame in film_frames:
+        x0 = frame.image[0]  # (H, W, 3)
+        tiles = [x0]
+        if frame.step < captured.n_steps:
+            maps = aggregate(captured, view, steps=[frame.step], image_size=x0.shape[:2])
+            tiles += [overlay(x0, heat) for heat in maps.word_maps[:FILM_MAX_WORDS]]
+        frames.append(Image.fromarray(np.concatenate([_thumbnail(t) for t in tiles], axis=1)))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FILM_FRAME_MS, loop=0)
+
+
+def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out: Path, preview) -> dict:
+    import torch
+    from PIL import Image
+
+    from explain.attention import AttentionRecorder, compose_callbacks
+    from explain.film import FilmRecorder, initial_noise
+    from explain.heatmap import aggregate, overlay, per_step_cube
+    from explain.tokens import tokenize_prompt
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    height, width = size
+    view = tokenize_prompt(pipe.tokenizer, prompt)
+    generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
+    noise = initial_noise(pipe, 1, height, width, generator)  # the draw the pipeline would make
+    stamps: list[float] = []
+
+    def stamp(_pipe, _i, _t, callback_kwargs):
+        stamps.append(time.perf_counter())
+        return callback_kwargs
+
+    call = dict(
+        prompt=prompt,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=height,
+        width=width,
+        generator=generator,
+        latents=noise,
+    )
+    summary = {
+        "prompt": prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": seed,
+        "model": args.model or "embedded",
+        "pipeline": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "height": height,
+        "width": width,
+        "tokens": list(view.used_tokens),
+        "truncated": list(view.truncated),
+        "words": [w.text for w in view.words],
+    }
+    denoise_start = time.perf_counter()
+    if args.no_capture:
+        image = pipe(**call, callback_on_step_end=stamp).images[0]
+        summary.update(capture_bytes=0, capture=False)
+    else:
+        film = FilmRecorder(pipe, decode=args.film_decode, initial_latents=noise, preview=preview)
+        with AttentionRecorder(pipe, token_count=view.n_used, height=height, width=width) as rec:
+            callback = compose_callbacks(rec.callback_on_step_end, film.callback_on_step_end, stamp)
+            image = pipe(**call, callback_on_step_end=callback).images[0]
+        captured = rec.result()
+        maps = aggregate(captured, view)
+        np.savez_compressed(
+            out / "attention.npz",
+            words=np.array(maps.words, dtype=str),
+            word_maps=maps.word_maps.numpy().astype(np.float32),
+            tokens=np.array(maps.tokens, dtype=str),
+            token_maps=maps.token_maps.numpy().astype(np.float32),
+            cube=per_step_cube(captured).numpy(),
+            layer_names=np.array(captured.layer_names, dtype=str),
+        )
+        heat_dir = out / "heatmaps"
+        heat_dir.mkdir(exist_ok=True)
+        for i, (word, heat) in enumerate(zip(maps.words, maps.word_maps, strict=True)):
+            Image.fromarray(overlay(image, heat)).save(heat_dir / f"{i:02d}_{_safe_name(word)}.png")
+        frames = film.frames()
+        _write_film(out / "film.gif", frames, captured, view)
+        summary.update(
+            capture=True,
+            capture_bytes=captured.nbytes,
+            film_source="/".join(sorted({frame.source for frame in frames})),  # "x0", "latents" or both
+            layers=len(captured.layer_names),
+            captured_steps=captured.n_steps,
+        )
+    image.save(out / "image.png")
+    summary["seconds"] = {
+        "denoising": round((stamps[-1] if stamps else time.perf_counter()) - denoise_start, 4),
+        "total": round(time.perf_counter() - started, 4),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def run(args) -> int:
+    """Generate every (prompt, seed) pair; the model is loaded once."""
+    seeds = _validate_args(args)
+    pipe = _load(args)
+    size = _image_size(args, pipe)
+    pairs = list(itertools.product(args.prompt, seeds))
+    preview = None
+    if not args.no_capture and args.film_decode == "preview":
+        from explain.film import LatentPreview
+
+        preview = LatentPreview.fit(pipe.vae)  # once per model
+    if len(pairs) == 1:
+        _generate_one(pipe, args, *pairs[0], size, args.out, preview)
+        return 0
+    index = []
+    for n, (prompt, seed) in enumerate(pairs):
+        sub = f"{n:03d}"
+        _generate_one(pipe, args, prompt, seed, size, args.out / sub, preview)
+        index.append({"prompt": prompt, "seed": seed, "dir": sub})
+    (args.out / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,254 @@
+"""Load a Stable Diffusion pipeline (SD 1.x, SD 2.x, SDXL) and describe its structure.
+
+Three sources, in this order:
+
+1. ``None``: the embedded model at :data:`EMBEDDED_MODEL_DIR` (a small SD-1-shaped model trained for this app).
+2. A local directory holding a diffusers ``model_index.json`` (what ``pipe.save_pretrained(dir)`` writes).
+3. A Hugging Face Hub id. Ids known to work:
+
+   - ``stable-diffusion-v1-5/stable-diffusion-v1-5``  (SD 1.5, epsilon prediction, 512x512)
+   - ``stabilityai/stable-diffusion-2-1-base``        (SD 2.1 base, OpenCLIP text encoder, 512x512)
+   - ``stabilityai/sd-turbo``                         (distilled SD 2.1: run with ``guidance_scale=0``, 1-4 steps;
+     without classifier-free guidance there is no unconditional branch to capture)
+   - ``stabilityai/stable-diffusion-xl-base-1.0``     (SDXL: two text encoders, 1024x1024)
+
+   Offline (``HF_HUB_OFFLINE=1`` or no route to the Hub) only the local Hugging Face cache is used; a model that
+   is not cached fails at once with a message saying how to run offline (download it elsewhere, pass the folder).
+
+Only ``StableDiffusionPipeline`` and ``StableDiffusionXLPipeline`` are loaded; no remote code, no custom pipelines,
+safetensors weights only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "EMBEDDED_MODEL_DIR",
+    "ModelLoadError",
+    "CrossAttentionLayer",
+    "PipelineInfo",
+    "load_pipeline",
+    "describe_pipeline",
+    "default_device",
+]
+
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-shapes-sd"
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ModelLoadError(FileNotFoundError):
+    """The model cannot be loaded (missing, offline, unsupported); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention (``attn2``) layer of the U-Net.
+
+    Attributes:
+        name: diffusers module path, e.g. ``down_blocks.1.attentions.0.transformer_blocks.0.attn2``.
+        heads: Number of attention heads.
+        downsample: How many times smaller than the latent this layer's feature map is (1, 2, 4, ...).
+        resolution: (h, w) of its feature map at the pipeline's default image size.
+    """
+
+    name: str
+    heads: int
+    downsample: int
+    resolution: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """Structure of a loaded pipeline, read from component configs.
+
+    Attributes:
+        family: ``"sd1"``, ``"sd2"`` or ``"sdxl"`` (SD 2.x is told from SD 1.x by its linear transformer
+            projections, ``unet.config.use_linear_projection``).
+        pipeline_class: Class name of the pipeline.
+        latent_channels: ``unet.config.in_channels``.
+        vae_scale_factor: Pixels per latent cell along a side (``pipe.vae_scale_factor``).
+        scaling_factor: ``vae.config.scaling_factor`` (latents are ``z * scaling_factor``).
+        default_size: Default (height, width) in pixels.
+        cross_attention_layers: Every ``attn2`` layer in execution order.
+        text_encoder_width: Width of the text embedding the U-Net attends to (``unet.config.cross_attention_dim``).
+        model_max_length: Token slots of the tokenizer.
+        prediction_type: What the U-Net predicts: ``"epsilon"`` or ``"v_prediction"`` (scheduler config).
+        scheduler: Scheduler class name.
+    """
+
+    family: str
+    pipeline_class: str
+    latent_channels: int
+    vae_scale_factor: int
+    scaling_factor: float
+    default_size: tuple[int, int]
+    cross_attention_layers: tuple[CrossAttentionLayer, ...]
+    text_encoder_width: int
+    model_max_length: int
+    prediction_type: str
+    scheduler: str
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hub_is_offline() -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):
+            return False
+    except OSError:
+        return True
+
+
+def _offline_message(model: str, why: str) -> str:
+    return (
+        f"cannot load {model!r}: {why}. To run offline, download it on a machine with network "
+        f"(`hf download {model} --local-dir DIR`), copy DIR here and pass that directory instead of the Hub id."
+    )
+
+
+def _read_model_index(model: str) -> tuple[dict, str, bool]:
+    """Returns (model_index.json contents, what to pass to from_pretrained, local_files_only)."""
+    if model is None:
+        path = EMBEDDED_MODEL_DIR
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"the embedded model is missing: {path} has no model_index.json. "
+                "Build it with `python -m training.build`, or pass a model (local directory or Hub id)."
+            )
+        return json.loads((path / "model_index.json").read_text()), str(path), True
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path.is_dir() and (path / "model_index.json").is_file()):
+            raise ModelLoadError(f"{model!r} is not a diffusers pipeline directory (no model_index.json)")
+        return json.loads((path / "model_index.json").read_text()), str(path), True
+
+    if not _HUB_ID.match(model):
+        raise ModelLoadError(f"{model!r} is neither an existing directory nor a Hub id like 'owner/name'")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = _hub_is_offline()
+    try:
+        index_file = hf_hub_download(model, "model_index.json", local_files_only=offline)
+    except LocalEntryNotFoundError as err:
+        why = "the Hub is unreachable and it is not in the local cache" if offline else str(err)
+        raise ModelLoadError(_offline_message(model, why)) from err
+    except (RepositoryNotFoundError, EntryNotFoundError) as err:
+        raise ModelLoadError(f"{model!r} is not a diffusers pipeline on the Hub: {err}") from err
+    return json.loads(Path(index_file).read_text()), model, offline
+
+
+def load_pipeline(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a Stable Diffusion pipeline (see the module docstring for the accepted ``model`` values).
+
+    Args:
+        model: ``None`` (embedded model), a local diffusers directory or a Hub id.
+        device: ``"cpu"``, ``"cuda"``...; default :func:`default_device`.
+        dtype: Weights dtype; default float16 on CUDA, float32 otherwise.
+
+    Returns:
+        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on ``device``, progress bar disabled.
+
+    Raises:
+        ModelLoadError: Missing model, unsupported pipeline class, or a Hub id that cannot be reached offline.
+    """
+    import diffusers
+
+    device = device or default_device()
+    if dtype is None:
+        dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    index, source, local_only = _read_model_index(model)
+    class_name = index.get("_class_name")
+    if class_name not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"{model or source!r} is a {class_name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    kwargs = {}
+    if "safety_checker" in index and (index["safety_checker"] is None or index["safety_checker"][0] is None):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)  # none shipped: no warning about it
+    pipeline_class = getattr(diffusers, class_name)
+    try:
+        pipe = pipeline_class.from_pretrained(
+            source, use_safetensors=True, dtype=dtype, local_files_only=local_only, **kwargs
+        )
+    except OSError as err:
+        if local_only and model is not None and not Path(model).expanduser().exists():
+            raise ModelLoadError(_offline_message(model, f"some files are not in the local cache ({err})")) from err
+        raise ModelLoadError(f"cannot load {model or source!r}: {err}") from err
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _layer_downsample(name: str, n_blocks: int) -> int:
+    """Feature-map downsampling of a U-Net layer from its module path.
+
+    Every down block but the last ends in a stride-2 downsampler, every up block but the last in an upsampler,
+    so ``down_blocks.i`` runs at 1/2^i of the latent, ``mid_block`` at 1/2^(n-1), ``up_blocks.j`` at 1/2^(n-1-j).
+    """
+    kind, _, rest = name.partition(".")
+    if kind == "down_blocks":
+        return 2 ** int(rest.split(".")[0])
+    if kind == "up_blocks":
+        return 2 ** (n_blocks - 1 - int(rest.split(".")[0]))
+    if kind == "mid_block":
+        return 2 ** (n_blocks - 1)
+    raise ValueError(f"unexpected U-Net layer {name!r}")
+
+
+def describe_pipeline(pipe) -> PipelineInfo:
+    """Read the structure of a Stable Diffusion pipeline from its component configs."""
+    unet = pipe.unet
+    n_blocks = len(unet.config.block_out_channels)
+    sample = unet.config.sample_size
+    sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    layers = []
+    for key in unet.attn_processors:
+        name = key.removesuffix(".processor")
+        module = unet.get_submodule(name)
+        if not getattr(module, "is_cross_attention", False):
+            continue
+        factor = _layer_downsample(name, n_blocks)
+        resolution = (math.ceil(sample_hw[0] / factor), math.ceil(sample_hw[1] / factor))
+        layers.append(CrossAttentionLayer(name=name, heads=module.heads, downsample=factor, resolution=resolution))
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}  # execution order of the U-Net's parts
+    layers.sort(key=lambda layer: order[layer.name.split(".")[0]])  # stable: keeps order within a part
+
+    from diffusers import StableDiffusionXLPipeline
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        family = "sdxl"
+    else:
+        family = "sd2" if unet.config.use_linear_projection else "sd1"
+    return PipelineInfo(
+        family=family,
+        pipeline_class=type(pipe).__name__,
+        latent_channels=unet.config.in_channels,
+        vae_scale_factor=pipe.vae_scale_factor,
+        scaling_factor=float(pipe.vae.config.scaling_factor),
+        default_size=(sample_hw[0] * pipe.vae_scale_factor, sample_hw[1] * pipe.vae_scale_factor),
+        cross_attention_layers=tuple(layers),
+        text_encoder_width=unet.config.cross_attention_dim,
+        model_max_length=pipe.tokenizer.model_max_length,
+        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
+        scheduler=type(pipe.scheduler).__name__,
+    )
