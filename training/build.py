@@ -23,6 +23,7 @@ from training.config import TrainConfig, preset
 from training.data import WorldData, render_split
 
 STAGES = ("data", "clip", "vae", "encode", "unet", "package")
+TASK_STAGES = ("inpaint", "upscale", "package-tasks")  # the use-case U-Nets, fine-tuned from the text-to-image one
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -73,7 +74,7 @@ def _stage_encode(cfg: TrainConfig, work: Path, device: torch.device) -> None:
     print(f"[encode] {len(captions)} unique captions, {len(latents)} latents in {time.time() - t:.1f}s", flush=True)
 
 
-def _stage_unet(cfg: TrainConfig, work: Path, device: torch.device, name: str) -> None:
+def _stage_unet(cfg: TrainConfig, work: Path, device: torch.device, name: str, init: Path | None = None) -> None:
     from safetensors.torch import load_file
 
     from training.train_unet import train_unet
@@ -81,10 +82,35 @@ def _stage_unet(cfg: TrainConfig, work: Path, device: torch.device, name: str) -
     enc = load_file(work / "encoded.safetensors", device=str(device))
     states = enc["unique_states"][enc["state_index"]]  # (N, 77, width) float16
     data = _load_data(work / "data_train.npz")
-    train_unet(cfg, enc["latents"], states, enc["empty_state"], data, work, device, name=name)
+    train_unet(cfg, enc["latents"], states, enc["empty_state"], data, work, device, name=name, init=init)
 
 
-def run(cfg: TrainConfig, work: Path, out: Path, stages: list[str], device: torch.device, force: bool, unet_name: str):
+def _stage_task(cfg: TrainConfig, work: Path, device: torch.device, task: str, base: str) -> None:
+    from safetensors.torch import load_file
+
+    from training.train_tasks import train_inpaint, train_upscale
+
+    enc = load_file(work / "encoded.safetensors", device=str(device))
+    states = enc["unique_states"][enc["state_index"]]  # (N, 77, width) float16
+    data = _load_data(work / "data_train.npz")
+    args = (cfg, enc["latents"], states, enc["empty_state"], data, work / base)
+    if task == "inpaint":
+        train_inpaint(*args, work / "vae", work, device)
+    else:
+        train_upscale(*args, work, device)
+
+
+def run(
+    cfg: TrainConfig,
+    work: Path,
+    out: Path,
+    stages: list[str],
+    device: torch.device,
+    force: bool,
+    unet_name: str,
+    tasks_out: Path | None = None,
+    init_unet: Path | None = None,
+):
     work.mkdir(parents=True, exist_ok=True)
     (work / f"config_{cfg.name}.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
     outputs = {
@@ -94,6 +120,9 @@ def run(cfg: TrainConfig, work: Path, out: Path, stages: list[str], device: torc
         "encode": work / "encoded.safetensors",
         "unet": work / unet_name / "config.json",
         "package": None,
+        "inpaint": work / "unet_inpaint" / "config.json",
+        "upscale": work / "unet_upscale" / "config.json",
+        "package-tasks": None,
     }
     for stage in stages:
         done = outputs[stage]
@@ -112,7 +141,7 @@ def run(cfg: TrainConfig, work: Path, out: Path, stages: list[str], device: torc
         elif stage == "encode":
             _stage_encode(cfg, work, device)
         elif stage == "unet":
-            _stage_unet(cfg, work, device, unet_name)
+            _stage_unet(cfg, work, device, unet_name, init_unet)
         elif stage == "package":
             from training.package import package_pipeline, verify_text_tower
 
@@ -121,6 +150,12 @@ def run(cfg: TrainConfig, work: Path, out: Path, stages: list[str], device: torc
             print(f"[package] {out}: text tower check {check}", flush=True)
             if not check["ids_equal"] or check["max_abs_state_diff"] > 1e-2:
                 raise SystemExit(f"packaged text tower differs from open_clip: {check}")
+        elif stage in ("inpaint", "upscale"):
+            _stage_task(cfg, work, device, stage, unet_name)
+        elif stage == "package-tasks":
+            from training.package import package_tasks
+
+            package_tasks(work, tasks_out or out.parent / "tiny-shapes-tasks")
         print(f"[{stage}] finished in {time.time() - t:.1f}s", flush=True)
 
 
@@ -129,25 +164,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "build")
     p.add_argument("--out", type=Path, default=REPO / "models" / "tiny-shapes-sd")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated subset of {','.join(STAGES + TASK_STAGES)} (default: the text-to-image model)",
+    )
+    p.add_argument("--tasks-out", type=Path, default=REPO / "models" / "tiny-shapes-tasks")
     p.add_argument("--device", default=None)
     p.add_argument("--force", action="store_true")
     p.add_argument("--unet-name", default="unet", help="folder name of the U-Net run (to train variants side by side)")
     p.add_argument("--grounding-weight", type=float, default=None, help="override the token grounding loss weight")
     p.add_argument("--unet-steps", type=int, default=None)
+    p.add_argument("--unet-lr", type=float, default=None)
+    p.add_argument("--unet-warmup", type=int, default=None)
+    p.add_argument("--init-unet", type=Path, default=None, help="start the U-Net from these weights (fine-tuning)")
+    p.add_argument("--n-train", type=int, default=None, help="override the number of training scenes")
     p.add_argument("--budget", action="append", default=[], help="stage=seconds wall-clock cap, e.g. unet=300")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES]
+    bad = [s for s in stages if s not in STAGES + TASK_STAGES]
     if bad:
-        p.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES)}")
+        p.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES + TASK_STAGES)}")
     cfg = preset(args.preset)
     unet_over = {}
     if args.grounding_weight is not None:
         unet_over["grounding_weight"] = args.grounding_weight
     if args.unet_steps is not None:
         unet_over["steps"] = args.unet_steps
+    if args.unet_lr is not None:
+        unet_over["lr"] = args.unet_lr
+    if args.unet_warmup is not None:
+        unet_over["warmup"] = args.unet_warmup
+    if args.n_train is not None:
+        cfg = dataclasses.replace(cfg, n_train=args.n_train)
     if unet_over:
         cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, **unet_over))
     if args.budget:
@@ -157,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     print(f"[build] preset={cfg.name} device={device} stages={stages} work={args.work}", flush=True)
-    run(cfg, args.work, args.out, stages, device, args.force, args.unet_name)
+    run(cfg, args.work, args.out, stages, device, args.force, args.unet_name, args.tasks_out, args.init_unet)
     return 0
 
 

@@ -88,11 +88,18 @@ class StageLog:
             rate = self.elapsed() / (step + 1)
             eta = rate * (self.total - step - 1)
             more = " ".join(f"{k}={v:.4g}" for k, v in extra.items())
-            print(f"[{self.name}] step {step + 1}/{self.total} loss={mean:.4f} {more} {rate:.3f}s/step eta {eta / 60:.1f} min", flush=True)
+            print(
+                f"[{self.name}] step {step + 1}/{self.total} loss={mean:.4f} {more} {rate:.3f}s/step eta {eta / 60:.1f} min",
+                flush=True,
+            )
 
     def save(self, **meta) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"stage": self.name, "seconds": self.elapsed(), "steps_done": self.history[-1][0] if self.history else 0}
+        record = {
+            "stage": self.name,
+            "seconds": self.elapsed(),
+            "steps_done": self.history[-1][0] if self.history else 0,
+        }
         record.update(meta)
         record["history"] = self.history
         (self.out_dir / f"{self.name}_log.json").write_text(json.dumps(record, indent=1))

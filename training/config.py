@@ -97,7 +97,7 @@ PRESETS = {
     "smoke": _smoke,
     # Wall-clock caps keep the CPU rebuild inside 2 h on 2 cores (+ a few minutes of rendering and encoding);
     # the learning-rate schedule follows wall-clock progress when a cap binds (training.common.StageLog).
-    "cpu": lambda: TrainConfig(time_budget_s={"clip": 1200.0, "vae": 900.0, "unet": 4200.0}),
+    "cpu": lambda: TrainConfig(time_budget_s={"clip": 1200.0, "vae": 900.0, "unet": 3600.0}),
     "gpu": lambda: TrainConfig(
         name="gpu",
         n_train=120000,

@@ -24,7 +24,10 @@ def export(work: Path, dest: Path) -> None:
         for f in folder.iterdir():
             if f.suffix == ".safetensors":
                 state = load_file(f)
-                save_file({k: (v.half() if v.dtype.is_floating_point else v).contiguous() for k, v in state.items()}, out / f.name)
+                save_file(
+                    {k: (v.half() if v.dtype.is_floating_point else v).contiguous() for k, v in state.items()},
+                    out / f.name,
+                )
             elif f.suffix in (".json", ".png"):
                 shutil.copy(f, out / f.name)
     for f in work.glob("*"):

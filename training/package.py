@@ -104,3 +104,30 @@ def verify_text_tower(model_dir: Path, prompts: list[str]) -> dict:
         "ids_equal": bool(torch.equal(oc_ids, hf_ids)),
         "max_abs_state_diff": float((hf_states - oc_states).abs().max()),
     }
+
+
+def package_tasks(work: Path, out: Path) -> Path:
+    """Write the use-case U-Nets (float16) with their scheduler configs into ``out/{inpaint,upscale}``.
+
+    Only the U-Nets are stored: the text encoder, tokenizer and VAE are the embedded pipeline's, so each weight
+    is stored once; ``explain`` assembles the task pipelines from both folders.
+    """
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+
+    from training.train_tasks import MAX_NOISE_LEVEL, make_low_res_scheduler
+    from training.train_unet import make_train_scheduler
+
+    if out.exists():
+        shutil.rmtree(out)
+    for task in ("inpaint", "upscale"):
+        src = work / f"unet_{task}"
+        if not (src / "config.json").exists():
+            print(f"[package-tasks] no {src}; skipping {task}", flush=True)
+            continue
+        _fp16(UNet2DConditionModel.from_pretrained(src)).save_pretrained(out / task / "unet")
+        sched = DPMSolverMultistepScheduler.from_config(make_train_scheduler(1000).config)
+        sched.save_pretrained(out / task / "scheduler")
+        if task == "upscale":
+            make_low_res_scheduler().save_pretrained(out / task / "low_res_scheduler")
+            (out / task / "upscale_config.json").write_text(json.dumps({"max_noise_level": MAX_NOISE_LEVEL}))
+    return out

@@ -94,7 +94,9 @@ def train_clip(cfg: TrainConfig, data: WorldData, val: WorldData, out_dir: Path,
     i2t, t2i = retrieval_top1(model, val_images, val_tokens)
     print(f"[clip] val retrieval top-1 image->text {i2t:.3f} text->image {t2i:.3f}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "clip.safetensors")
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "clip.safetensors"
+    )
     (out_dir / "clip_config.json").write_text(json.dumps({"embed_dim": c.embed_dim, "clip": c.__dict__}, indent=1))
     log.save(val_top1_image_to_text=i2t, val_top1_text_to_image=t2i)
     return out_dir / "clip.safetensors"

@@ -11,6 +11,8 @@ plain SD recipe. It uses a training-only attention processor set through the pub
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +24,16 @@ from training.config import TrainConfig
 from training.data import WorldData
 from training.models import build_unet
 
-__all__ = ["train_unet", "make_train_scheduler", "encode_text_states", "encode_latents", "GroundingProcessor"]
+__all__ = [
+    "train_unet",
+    "diffusion_loop",
+    "Batch",
+    "text_batch",
+    "make_train_scheduler",
+    "encode_text_states",
+    "encode_latents",
+    "GroundingProcessor",
+]
 
 
 def make_train_scheduler(num_train_timesteps: int) -> DDPMScheduler:
@@ -112,6 +123,92 @@ def grounding_loss(
     return total / len(probs_list)
 
 
+@dataclass
+class Batch:
+    """One training batch for :func:`diffusion_loop`.
+
+    Attributes:
+        z0: (B, C, h, w) clean latents.
+        cond: (B, 77, width) text states (already replaced by the empty caption's where dropped).
+        keep: (B,) bool, False where the caption was dropped.
+        extra: (B, C', h, w) channels concatenated to the noisy latents (inpainting, super-resolution), or None.
+        class_labels: (B,) int class labels (the upscaler's noise level), or None.
+    """
+
+    z0: torch.Tensor
+    cond: torch.Tensor
+    keep: torch.Tensor
+    extra: torch.Tensor | None = None
+    class_labels: torch.Tensor | None = None
+
+
+def diffusion_loop(
+    unet,
+    cfg: TrainConfig,
+    make_batch: Callable[[torch.Tensor, torch.Generator], Batch],
+    n_items: int,
+    out_dir: Path,
+    device: torch.device,
+    name: str,
+    extra_loss: Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict]] | None = None,
+) -> Path:
+    """DDPM training (Ho et al. 2020, Algorithm 1) of ``unet`` with EMA; saves the EMA weights to ``out_dir/name``.
+
+    ``make_batch(idx, generator)`` supplies the clean latents and the conditioning of items ``idx``; the U-Net input
+    is the noisy latent, with ``Batch.extra`` channels concatenated when the task has them.
+    """
+    u = cfg.unet
+    ema = Ema(unet, u.ema_decay)
+    acp = make_train_scheduler(u.num_train_timesteps).alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=0.01)
+    log = StageLog(name, out_dir, u.steps, cfg.time_budget_s.get(name, cfg.time_budget_s.get("unet")))
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    save_every = max(500, u.steps // 10)
+    for step in range(u.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(log.effective_step(step), u.steps, u.lr, u.warmup)
+        idx = torch.randint(0, n_items, (u.batch_size,), generator=gen).to(device)
+        b = make_batch(idx, gen)
+        t = torch.randint(0, u.num_train_timesteps, (u.batch_size,), generator=gen).to(device)
+        noise = torch.randn(b.z0.shape, generator=gen).to(device)
+        a = acp[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * b.z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
+        x_in = zt if b.extra is None else torch.cat([zt, b.extra], dim=1)  # (B, C + C', h, w)
+        unet.train()
+        with autocast(device):
+            pred = unet(x_in, t, b.cond, class_labels=b.class_labels).sample
+        loss = F.mse_loss(pred.float(), noise)
+        extra = {}
+        if extra_loss is not None:
+            more, extra = extra_loss(loss, b)
+            loss = loss + more
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update(unet)
+        log.log(step, loss.item(), every=100, **extra)
+        if (step + 1) % save_every == 0 or log.over_budget() or step + 1 == u.steps:
+            _save_ema(unet, ema, out_dir / name)
+        if log.over_budget():
+            break
+    log.save(grounding_weight=u.grounding_weight)
+    return out_dir / name
+
+
+def text_batch(
+    latents: torch.Tensor, text_states: torch.Tensor, empty_state: torch.Tensor, p_drop: float, device
+) -> Callable[[torch.Tensor, torch.Generator], Batch]:
+    """Batches of (latent, text state) pairs with caption dropout for classifier-free guidance."""
+
+    def make(idx: torch.Tensor, gen: torch.Generator) -> Batch:
+        keep = torch.rand(len(idx), generator=gen).to(device) >= p_drop  # (B,)
+        cond = torch.where(keep[:, None, None], text_states[idx], empty_state[None]).float()  # (B, 77, width)
+        return Batch(z0=latents[idx].float(), cond=cond, keep=keep)
+
+    return make
+
+
 def train_unet(
     cfg: TrainConfig,
     latents: torch.Tensor,
@@ -121,61 +218,46 @@ def train_unet(
     out_dir: Path,
     device: torch.device,
     name: str = "unet",
+    init: Path | None = None,
 ) -> Path:
-    """Train and save the EMA U-Net to ``out_dir/name`` (diffusers format)."""
+    """Train the text-to-image U-Net and save its EMA weights to ``out_dir/name`` (diffusers format).
+
+    With ``init``, training continues from those weights (a fresh optimiser and EMA; the config must match).
+    """
     u = cfg.unet
     torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(u, text_states.shape[-1], latents.shape[-1], latents.shape[1]).to(device)
-    ema = Ema(unet, u.ema_decay)
-    sched = make_train_scheduler(u.num_train_timesteps)
-    acp = sched.alphas_cumprod.to(device)
-    sink: list[torch.Tensor] = []
+    unet = build_unet(u, text_states.shape[-1], latents.shape[-1], latents.shape[1])
+    if init is not None:
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init, torch_dtype=torch.float32).state_dict())
+    unet = unet.to(device)
+    make = text_batch(latents, text_states, empty_state, u.caption_dropout, device)
+    extra_loss = None
     if u.grounding_weight > 0:
+        sink: list[torch.Tensor] = []
         unet.set_attn_processor(
             {k: (GroundingProcessor(sink) if ".attn2." in k else p) for k, p in unet.attn_processors.items()}
         )
-    obj_tokens = torch.as_tensor(data.obj_tokens, device=device)
-    obj_masks = torch.as_tensor(data.obj_masks, device=device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=0.01)
-    log = StageLog(name, out_dir, u.steps, cfg.time_budget_s.get(name, cfg.time_budget_s.get("unet")))
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
-    save_every = max(500, u.steps // 10)
-    for step in range(u.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(log.effective_step(step), u.steps, u.lr, u.warmup)
-        idx = torch.randint(0, len(latents), (u.batch_size,), generator=gen).to(device)
-        z0 = latents[idx].float()  # (B, C, h, w)
-        keep = torch.rand(u.batch_size, generator=gen).to(device) >= u.caption_dropout  # (B,)
-        cond = torch.where(keep[:, None, None], text_states[idx], empty_state[None]).float()  # (B, 77, width)
-        t = torch.randint(0, u.num_train_timesteps, (u.batch_size,), generator=gen).to(device)
-        noise = torch.randn(z0.shape, generator=gen).to(device)
-        a = acp[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
-        sink.clear()
-        unet.train()
-        with autocast(device):
-            pred = unet(zt, t, cond).sample
-        loss = F.mse_loss(pred.float(), noise)
-        extra = {}
-        if u.grounding_weight > 0:
-            g_loss = grounding_loss(sink, obj_tokens[idx], obj_masks[idx].float() / 255.0, keep)
-            loss = loss + u.grounding_weight * g_loss
-            extra["ground"] = g_loss.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet)
-        log.log(step, loss.item(), every=100, **extra)
-        if (step + 1) % save_every == 0 or log.over_budget() or step + 1 == u.steps:
-            _save_ema(unet, ema, out_dir / name, u)
-        if log.over_budget():
-            break
-    log.save(grounding_weight=u.grounding_weight)
-    return out_dir / name
+        obj_tokens = torch.as_tensor(data.obj_tokens, device=device)
+        obj_masks = torch.as_tensor(data.obj_masks, device=device)
+        current: dict[str, torch.Tensor] = {}
+
+        def make_and_remember(idx: torch.Tensor, gen: torch.Generator) -> Batch:
+            sink.clear()
+            current["idx"] = idx
+            return make(idx, gen)
+
+        def extra_loss(_loss: torch.Tensor, b: Batch) -> tuple[torch.Tensor, dict]:
+            idx = current["idx"]
+            g_loss = grounding_loss(sink, obj_tokens[idx], obj_masks[idx].float() / 255.0, b.keep)
+            return u.grounding_weight * g_loss, {"ground": g_loss.item()}
+
+        return diffusion_loop(unet, cfg, make_and_remember, len(latents), out_dir, device, name, extra_loss)
+    return diffusion_loop(unet, cfg, make, len(latents), out_dir, device, name)
 
 
-def _save_ema(unet, ema: Ema, path: Path, u) -> None:
+def _save_ema(unet, ema: Ema, path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
     export = UNet2DConditionModel.from_config(unet.config)
