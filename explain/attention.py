@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,18 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from explain.cross_attention import Branch, CrossAttentionSwap, attention_probs, cond_rows, prepare_inputs
+
 __all__ = ["Branch", "CapturedAttention", "AttentionRecorder", "compose_callbacks"]
-
-
-class Branch(enum.Enum):
-    """Which half of a classifier-free-guidance batch to record.
-
-    With guidance, SD pipelines run the U-Net on ``torch.cat([negative, positive])``: the first half is the
-    unconditional (negative-prompt) branch, the second the prompt-conditioned one (Ho & Salimans 2022).
-    """
-
-    COND = "cond"
-    UNCOND = "uncond"
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compare fields explicitly
@@ -183,7 +173,7 @@ class AttentionRecorder:
         if height is not None and width is not None:
             latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
         self._latent_hw: tuple[int, int] = latent_hw
-        self._originals: dict | None = None
+        self._swap = CrossAttentionSwap(pipe.unet, lambda name, original: _CaptureProcessor(original, name, self))
         self._layers: list[str] = []  # attn2 layer names, filled on first use, execution order
         self._pending: dict[str, list[torch.Tensor]] = {}  # calls since the last callback, flat (B, [H,] T, N)
         self._open: dict[str, list[torch.Tensor]] = {}  # calls of the step not yet closed
@@ -198,75 +188,23 @@ class AttentionRecorder:
 
     # -- context manager ---------------------------------------------------------------------------------------
     def __enter__(self) -> AttentionRecorder:
-        if self._originals is not None:
-            raise RuntimeError("AttentionRecorder is already active")
-        unet = self.pipe.unet
-        originals = dict(unet.attn_processors)
-        swapped = {}
-        for key, processor in originals.items():
-            name = key.removesuffix(".processor")
-            is_cross = getattr(unet.get_submodule(name), "is_cross_attention", False)
-            swapped[key] = _CaptureProcessor(processor, name, self) if is_cross else processor
-        if not any(isinstance(p, _CaptureProcessor) for p in swapped.values()):
-            raise ValueError("the U-Net has no cross-attention layers")
-        self._originals = originals
-        try:
-            unet.set_attn_processor(swapped)
-        except BaseException:
-            self._restore()
-            raise
+        self._swap.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._originals is not None:
-            self.pipe.unet.set_attn_processor(dict(self._originals))
-            self._originals = None
+        self._swap.__exit__(*exc_info)
 
     # -- capture -------------------------------------------------------------------------------------------------
-    def _branch_slice(self, batch: int) -> slice:
-        if not self.pipe.do_classifier_free_guidance:
-            if self.branch is Branch.UNCOND:
-                raise ValueError("Branch.UNCOND needs classifier-free guidance (guidance_scale > 1)")
-            return slice(0, batch)
-        if batch % 2:
-            raise ValueError(f"guidance is on but the U-Net batch ({batch}) is not [negative, positive] halves")
-        half = batch // 2
-        return slice(0, half) if self.branch is Branch.UNCOND else slice(half, batch)
-
     @torch.no_grad()
     def _record(self, name, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> None:
         """softmax(Q Kᵀ · scale) for the recorded branch, mirroring ``AttnProcessor2_0``'s preprocessing."""
-        rows = self._branch_slice(hidden_states.shape[0])
-        hs = hidden_states[rows]
-        context = encoder_hidden_states[rows]
-        if attn.spatial_norm is not None:
-            hs = attn.spatial_norm(hs, temb[rows])
-        if hs.ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
-            b, c, h, w = hs.shape
-            hs = hs.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        q = attn.to_q(hs)  # (B, N, heads*d)
-        k = attn.to_k(context)  # (B, T, heads*d)
-        b, n, _ = q.shape
-        t = k.shape[1]
-        head_dim = k.shape[-1] // attn.heads
-        q = q.view(b, n, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
-        k = k.view(b, t, attn.heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        scores = q.float() @ k.float().transpose(-1, -2) * attn.scale  # (B, heads, N, T)
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask[rows], t, b).view(b, attn.heads, -1, t)
-            scores = scores + mask.float()
-        probs = scores.softmax(dim=-1)  # over all T keys, as the layer itself does
+        rows = cond_rows(self.pipe, hidden_states.shape[0], self.branch)
+        prepared = prepare_inputs(
+            attn, hidden_states[rows], encoder_hidden_states[rows], None if temb is None else temb[rows]
+        )
+        mask = None if attention_mask is None else attention_mask[rows]
+        probs = attention_probs(attn, prepared.hidden_states, prepared.context, mask)  # (B, heads, N, T)
+        t = probs.shape[-1]
         tokens = t if self.token_count is None else self.token_count
         if tokens > t:
             raise ValueError(f"token_count={tokens} but the layer has only {t} keys")

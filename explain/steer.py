@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from explain.attention import AttentionRecorder, CapturedAttention, compose_callbacks
+from explain.cross_attention import CrossAttentionSwap, attention_probs, cond_rows, prepare_inputs, split_heads
 from explain.film import initial_noise
 from explain.tokens import tokenize_prompt
 
@@ -169,40 +170,15 @@ def _explicit_attention(attn, hidden_states, context, attention_mask, temb, edit
         The layer output of ``out_rows``, shaped like the layer's own output.
     """
     residual = hidden_states[out_rows]
-    hs = hidden_states
-    if attn.spatial_norm is not None:
-        hs = attn.spatial_norm(hs, temb)
-    input_ndim = hs.ndim
-    if input_ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
-        b, c, h, w = hs.shape
-        hs = hs.view(b, c, h * w).transpose(1, 2)
-    if attn.group_norm is not None:
-        hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
-    if attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    q = attn.to_q(hs)  # (B, N, heads*d)
-    k = attn.to_k(context)  # (B, T, heads*d)
-    v = attn.to_v(context[out_rows])  # (R, T, heads*d)
-    b, n, _ = q.shape
-    t = k.shape[1]
-    head_dim = k.shape[-1] // attn.heads
-    q = q.view(b, n, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
-    k = k.view(b, t, attn.heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
-    v = v.view(len(out_rows), t, attn.heads, head_dim).transpose(1, 2)  # (R, heads, T, d)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    scores = q.float() @ k.float().transpose(-1, -2) * attn.scale  # (B, heads, N, T)
-    if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, t, b).view(b, attn.heads, -1, t)
-        scores = scores + mask.float()
-    probs = edit_fn(scores.softmax(dim=-1))  # (B, heads, N, T)
-    out = (probs[out_rows] @ v.float()).to(q.dtype)  # (R, heads, N, d)
+    prepared = prepare_inputs(attn, hidden_states, context, temb)
+    probs = edit_fn(attention_probs(attn, prepared.hidden_states, prepared.context, attention_mask))  # (B, h, N, T)
+    v = split_heads(attn.to_v(prepared.context[out_rows]), attn.heads)  # (R, heads, T, d)
+    n, head_dim = prepared.hidden_states.shape[1], v.shape[-1]
+    out = (probs[out_rows] @ v.float()).to(v.dtype)  # (R, heads, N, d)
     out = out.transpose(1, 2).reshape(len(out_rows), n, attn.heads * head_dim)  # (R, N, heads*d)
     out = attn.to_out[1](attn.to_out[0](out))  # linear projection, dropout
-    if input_ndim == 4:
-        out = out.transpose(-1, -2).reshape(len(out_rows), c, h, w)
+    if prepared.spatial is not None:
+        out = out.transpose(-1, -2).reshape(len(out_rows), *prepared.spatial)
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
@@ -224,7 +200,7 @@ class _SteerProcessor:
         active = self.steering._active_edits(self)
         if not active or encoder_hidden_states is None:
             return out
-        cond = self.steering._cond_rows(hidden_states.shape[0])
+        cond = cond_rows(self.steering.pipe, hidden_states.shape[0])
         n_cond = cond.stop - cond.start
         for edit in active:
             used = edit.edited_rows(n_cond) + ((edit.source,) if isinstance(edit, Replace) else ())
@@ -281,37 +257,17 @@ class AttentionSteering:
                 raise TypeError(f"expected Reweight or Replace edits, got {type(edit).__name__}")
         self.pipe = pipe
         self.edits = edits
-        self._originals: dict | None = None
+        self._swap = CrossAttentionSwap(pipe.unet, lambda name, original: _SteerProcessor(original, self))
         self._step = 0
         self._calls_since_callback: dict[int, int] = {}
 
     def __enter__(self) -> AttentionSteering:
-        if self._originals is not None:
-            raise RuntimeError("AttentionSteering is already active")
-        unet = self.pipe.unet
-        originals = dict(unet.attn_processors)
-        swapped = {}
-        for key, processor in originals.items():
-            is_cross = getattr(unet.get_submodule(key.removesuffix(".processor")), "is_cross_attention", False)
-            swapped[key] = _SteerProcessor(processor, self) if is_cross else processor
-        if not any(isinstance(p, _SteerProcessor) for p in swapped.values()):
-            raise ValueError("the U-Net has no cross-attention layers")
         self._step, self._calls_since_callback = 0, {}
-        self._originals = originals
-        try:
-            unet.set_attn_processor(swapped)
-        except BaseException:
-            self._restore()
-            raise
+        self._swap.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._originals is not None:
-            self.pipe.unet.set_attn_processor(dict(self._originals))
-            self._originals = None
+        self._swap.__exit__(*exc_info)
 
     @property
     def step(self) -> int:
@@ -333,18 +289,6 @@ class AttentionSteering:
                 "steering.callback_on_step_end to the pipeline (step-ranged edits need the step index)"
             )
         return [edit for edit in self.edits if edit.active(self._step)]
-
-    def _cond_rows(self, batch: int) -> slice:
-        """Rows of the conditional branch: the second half with guidance, everything without."""
-        try:
-            guided = self.pipe.do_classifier_free_guidance
-        except AttributeError as err:
-            raise RuntimeError("run the pipeline inside the `with AttentionSteering(...)` block") from err
-        if not guided:
-            return slice(0, batch)
-        if batch % 2:
-            raise ValueError(f"guidance is on but the U-Net batch ({batch}) is not [negative, positive] halves")
-        return slice(batch // 2, batch)
 
 
 def effective_attention(captured: CapturedAttention, edits: Sequence[Edit]) -> CapturedAttention:

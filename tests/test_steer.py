@@ -297,7 +297,7 @@ def colour_mask(image: np.ndarray, colour: str) -> np.ndarray:
 @pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "model_index.json").is_file(), reason="embedded model not built")
 def test_embedded_swap_red_to_blue_keeps_the_place():
     pipe = load_pipeline(None, device="cpu")
-    result = steer_swap(pipe, "a red circle on the left", "red", "blue", 3, seed=0, steps=20)
+    result = steer_swap(pipe, "a red circle on the left", "red", "blue", 3, seed=0, steps=20, guidance=5.0)
     red, blue = colour_mask(result.baseline, "red"), colour_mask(result.edited, "blue")
     width = red.shape[1]
     assert red.sum() > 100 and blue.sum() > 100  # a red object, then a blue one
