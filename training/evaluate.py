@@ -113,34 +113,11 @@ def _model_dir(model: str | None) -> Path:
 
 
 def _load_clip(model_dir: Path, device: str = "cpu"):
-    """(open_clip model, tokenizer, preprocess) of a pipeline directory with a ``clip/`` folder.
+    """(open_clip model, tokenizer, preprocess) of a pipeline directory with a ``clip/`` folder."""
+    from explain.clip_model import load_clip
 
-    Tries ``explain.loading.load_clip`` (the app's loader), then ``explain.clip_model.load_clip``; both may return
-    a tuple or a bundle with ``model``, ``tokenizer``, ``preprocess`` attributes. ``preprocess`` maps a PIL image
-    to a (3, S, S) float tensor; ``tokenizer`` maps a list of strings to (N, 77) token ids.
-    """
-    loaders = []
-    try:
-        from explain.loading import load_clip as app_loader
-
-        loaders.append(app_loader)
-    except ImportError:
-        pass
-    from explain.clip_model import load_clip as bundle_loader
-
-    loaders.append(bundle_loader)
-    errors = []
-    for loader in loaders:
-        try:
-            out = loader(str(model_dir))
-        except (FileNotFoundError, TypeError, ValueError) as err:
-            errors.append(f"{loader.__module__}.load_clip: {err}")
-            continue
-        model, tokenizer, preprocess = (
-            out[:3] if isinstance(out, tuple) else (out.model, out.tokenizer, out.preprocess)
-        )
-        return model.to(device).eval(), tokenizer, preprocess
-    raise FileNotFoundError(f"no CLIP could be loaded from {model_dir}: " + "; ".join(errors))
+    bundle = load_clip(model_dir, device=device)
+    return bundle.model, bundle.tokenizer, bundle.preprocess
 
 
 @torch.no_grad()
@@ -356,13 +333,13 @@ def save_sample_grid(samples: list[Sample], verdicts: list[Verdict], path: Path,
         chosen += [p for p in dict.fromkeys(s.prompt.prompt for s in samples if s.prompt.kind == kind)][:2]
     chosen = chosen[:rows]
     cols = max(len(by_prompt[p]) for p in chosen)
-    fig = Figure(figsize=(2.0 * cols + 5.5, 2.0 * len(chosen)), layout="constrained")
-    axes = fig.subplots(len(chosen), cols + 1, squeeze=False, width_ratios=[2.6] + [1] * cols)
+    fig = Figure(figsize=(1.8 * cols + 3.0, 1.8 * len(chosen)), layout="constrained")
+    axes = fig.subplots(len(chosen), cols + 1, squeeze=False, width_ratios=[1.6] + [1] * cols)
     for r, prompt in enumerate(chosen):
         text_ax = axes[r, 0]
         text_ax.set_axis_off()
         kind = by_prompt[prompt][0][0].prompt.kind
-        text_ax.text(0.0, 0.5, f"[{kind}]\n{_wrap(prompt, 34)}", fontsize=10, va="center", ha="left")
+        text_ax.text(1.0, 0.5, f"[{kind}]\n{_wrap(prompt, 30)}", fontsize=9, va="center", ha="right")
         for c in range(cols):
             ax = axes[r, c + 1]
             ax.set_xticks([])
