@@ -155,6 +155,9 @@ def predicted_x0(scheduler, timestep, sample: torch.Tensor | None, prev_sample: 
     return x_t - sigma * (x_prev - x_t) / (sigma_next - sigma)
 
 
+AUTO_VAE_MAX_CELLS = 32 * 32  # latent cells up to which decode="auto" uses the VAE (a 128-256 px image)
+
+
 class FilmRecorder:
     """Collect one frame per denoising step through ``callback_on_step_end``.
 
@@ -164,7 +167,9 @@ class FilmRecorder:
     Args:
         pipe: A Stable Diffusion (XL) pipeline.
         every: Keep every ``every``-th step (the last step is always kept).
-        decode: ``"preview"`` (linear latent→RGB, cheap) or ``"vae"`` (the VAE decoder).
+        decode: ``"preview"`` (linear latent→RGB, cheap), ``"vae"`` (the VAE decoder) or ``"auto"``: the VAE for
+            latents of at most ``AUTO_VAE_MAX_CELLS`` cells (small models, where decoding costs little and the
+            linear preview is poor), the preview otherwise.
         initial_latents: The unit noise passed to the pipeline as ``latents=`` (:func:`initial_noise`), so the
             first step's x̂₀ can be inverted too.
         preview: A fitted :class:`LatentPreview` to reuse; fitted on first need otherwise.
@@ -175,15 +180,15 @@ class FilmRecorder:
         self,
         pipe,
         every: int = 1,
-        decode: str = "preview",
+        decode: str = "auto",
         initial_latents: torch.Tensor | None = None,
         preview: LatentPreview | None = None,
         on_frame: Callable[[FilmFrame], None] | None = None,
     ):
         if every < 1:
             raise ValueError("every must be >= 1")
-        if decode not in ("preview", "vae"):
-            raise ValueError(f"decode must be 'preview' or 'vae', not {decode!r}")
+        if decode not in ("preview", "vae", "auto"):
+            raise ValueError(f"decode must be 'preview', 'vae' or 'auto', not {decode!r}")
         self.pipe = pipe
         self.every = every
         self.decode = decode
@@ -222,7 +227,10 @@ class FilmRecorder:
         """(B, C, h, w) pipeline-scale latents -> uint8 (B, H, W, 3) at image size."""
         scale = self.pipe.vae_scale_factor
         vae = self.pipe.vae
-        if self.decode == "vae":
+        decode = self.decode
+        if decode == "auto":
+            decode = "vae" if latents.shape[-2] * latents.shape[-1] <= AUTO_VAE_MAX_CELLS else "preview"
+        if decode == "vae":
             param = next(vae.parameters())
             image = vae.decode(latents.to(param.device, param.dtype) / vae.config.scaling_factor).sample
             return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -42,6 +42,7 @@ __all__ = [
     "default_device",
 ]
 
+EXPLORER_SETTINGS = "explorer.json"  # optional per-model defaults (guidance, steps) in a model directory
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-shapes-sd"
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -86,6 +87,9 @@ class PipelineInfo:
         model_max_length: Token slots of the tokenizer.
         prediction_type: What the U-Net predicts: ``"epsilon"`` or ``"v_prediction"`` (scheduler config).
         scheduler: Scheduler class name.
+        recommended_guidance: Default classifier-free guidance scale: the model directory's
+            ``explorer.json`` ``{"guidance": ...}`` when present, else Stable Diffusion's usual 7.5.
+        recommended_steps: Default number of denoising steps (``explorer.json`` ``{"steps": ...}``, else 25).
     """
 
     family: str
@@ -99,6 +103,8 @@ class PipelineInfo:
     model_max_length: int
     prediction_type: str
     scheduler: str
+    recommended_guidance: float = 7.5
+    recommended_steps: int = 25
 
 
 def default_device() -> str:
@@ -251,4 +257,20 @@ def describe_pipeline(pipe) -> PipelineInfo:
         model_max_length=pipe.tokenizer.model_max_length,
         prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
         scheduler=type(pipe.scheduler).__name__,
+        **_recommended(pipe),
     )
+
+
+def _recommended(pipe) -> dict:
+    """Settings a model directory recommends for itself in ``explorer.json`` (only keys it names)."""
+    source = Path(str(getattr(pipe, "name_or_path", "") or ""))
+    path = source / EXPLORER_SETTINGS
+    if not path.is_file():
+        return {}
+    settings = json.loads(path.read_text())
+    out = {}
+    if "guidance" in settings:
+        out["recommended_guidance"] = float(settings["guidance"])
+    if "steps" in settings:
+        out["recommended_steps"] = int(settings["steps"])
+    return out

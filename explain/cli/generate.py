@@ -51,15 +51,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (the unconditional branch)")
     parser.add_argument("--seed", action="append", type=int, help="random seed (repeat for several; default 0)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 is off")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, else 25)")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale; <= 1 is off (default: the model's, else 7.5)"
+    )
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     parser.add_argument("--model", default=None, help="diffusers directory or Hub id (default: embedded model)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="replace the scheduler")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-capture", action="store_true", help="only image.png and summary.json")
-    parser.add_argument("--film-decode", choices=("preview", "vae"), default="preview", help="film frame decoder")
+    parser.add_argument(
+        "--film-decode", choices=("auto", "preview", "vae"), default="auto", help="film frame decoder (default auto)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.set_defaults(run=run)
     return parser
@@ -69,9 +73,9 @@ def _validate_args(args) -> list[int]:
     for prompt in args.prompt:
         if not prompt.strip():
             raise CliError("--prompt must not be empty")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise CliError(f"--steps must be >= 1 (got {args.steps})")
-    if args.guidance < 0:
+    if args.guidance is not None and (args.guidance < 0 or args.guidance != args.guidance):
         raise CliError(f"--guidance must be >= 0 (got {args.guidance})")
     seeds = args.seed if args.seed else [0]
     if any(seed < 0 for seed in seeds):
@@ -105,7 +109,7 @@ def _load(args):
     import diffusers
     import transformers
 
-    from explain.loading import ModelLoadError, load_pipeline
+    from explain.loading import ModelLoadError, describe_pipeline, load_pipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -113,6 +117,9 @@ def _load(args):
         pipe = load_pipeline(args.model, device=args.device)
     except ModelLoadError as err:
         raise CliError(str(err)) from err
+    info = describe_pipeline(pipe)
+    args.steps = args.steps or info.recommended_steps
+    args.guidance = info.recommended_guidance if args.guidance is None else args.guidance
     if args.scheduler:
         scheduler_class = getattr(diffusers, SCHEDULERS[args.scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
@@ -242,7 +249,7 @@ def run(args) -> int:
     size = _image_size(args, pipe)
     pairs = list(itertools.product(args.prompt, seeds))
     preview = None
-    if not args.no_capture and args.film_decode == "preview":
+    if not args.no_capture and args.film_decode != "vae":
         from explain.film import LatentPreview
 
         preview = LatentPreview.fit(pipe.vae)  # once per model
