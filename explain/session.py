@@ -1,0 +1,709 @@
+"""One generation, streamed: the engine behind the app's "Denoise & attend" view (no UI code here).
+
+A :class:`GenerationRequest` says what to draw; :func:`generate_stream` runs the pipeline in a worker thread inside
+an :class:`~explain.attention.AttentionRecorder` (cross-attention softmax(QKᵀ/√d) per layer, head and step) and a
+:class:`~explain.film.FilmRecorder` (x_t and the predicted clean image x̂₀ per step), and yields one
+:class:`StepUpdate` per denoising step, then one :class:`GenerationResult`. Setting the ``stop`` event ends the run
+after the current step: the step-end callback sets the pipeline's interrupt flag, which is how diffusers documents
+stopping early (``pipe._interrupt = True`` inside ``callback_on_step_end``; the loop then skips what is left).
+
+Every request runs on its own shallow copy of the pipeline (same weights, a fresh scheduler built with
+``SchedulerClass.from_config(pipe.scheduler.config)``), so scheduler state and the interrupt flag never leak between
+runs. The weights and the U-Net's attention processors *are* shared, so runs on one pipeline must not overlap:
+:class:`Engine` holds the lock that serialises them.
+
+Example:
+    >>> engine = Engine()                        # embedded model, loaded on first use
+    >>> request = GenerationRequest("a big red circle on the left", seed=3, steps=15)
+    >>> for item in generate_stream(engine.pipeline(), request, lock=engine.lock):
+    ...     print(item.step if isinstance(item, StepUpdate) else item.image.size)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explain.cli.generate import SCHEDULERS, _write_film
+
+__all__ = [
+    "SCHEDULER_CHOICES",
+    "MAX_STEPS",
+    "MAX_GUIDANCE",
+    "GenerationRequest",
+    "StepUpdate",
+    "GenerationResult",
+    "Engine",
+    "request_pipeline",
+    "size_limits",
+    "generate_stream",
+    "generate",
+    "UNET_PARTS",
+    "MapView",
+    "word_maps",
+    "layer_downsample",
+    "LayerShapes",
+    "layer_shapes",
+    "export_grid_png",
+    "export_film_gif",
+    "export_maps_npz",
+    "export_settings_json",
+]
+
+# Display name -> key of explain.cli.generate.SCHEDULERS ("default" keeps the model's own scheduler class).
+SCHEDULER_CHOICES: dict[str, str | None] = {
+    "default": None,
+    "DDIM": "ddim",
+    "DPM-Solver++": "dpm++",
+    "Euler": "euler",
+    "Euler-a": "euler-a",
+    "Heun": "heun",
+    "UniPC": "unipc",
+    "PNDM": "pndm",
+    "DDPM": "ddpm",
+}
+# U-Net part (as shown) -> first component of a diffusers module path
+UNET_PARTS: dict[str, str] = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**32 - 1
+MAX_SIDE_FACTOR = 2  # largest image side: this many times the model's default side
+FILM_TILE = 256  # pixels, longer side of a film tile
+FILM_GAP = 8
+FILM_CAPTION = 24
+FILM_FRAME_MS = 200
+STORE_MAX_RESOLUTION = 32  # maps of larger layers are average-pooled to 32 x 32 (SD's 64 x 64 layers)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate. ``height``/``width`` ``None`` mean the model's default size."""
+
+    prompt: str
+    negative: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "default"
+    height: int | None = None
+    width: int | None = None
+
+    def validate(self, pipe) -> tuple[int, int]:
+        """Check every field against the pipeline; returns the (height, width) to use.
+
+        Raises:
+            ValueError: with a message that says what is wrong and what is allowed.
+        """
+        from explain.tokens import tokenize_prompt
+
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("The prompt is empty: type what the picture should show.")
+        slots = pipe.tokenizer.model_max_length
+        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative)):
+            if text:
+                view = tokenize_prompt(pipe.tokenizer, text)
+                if view.truncated:
+                    raise ValueError(
+                        f"The {name} is {view.n_prompt_tokens + len(view.truncated)} tokens long; the text encoder "
+                        f"has {slots} slots, {slots - 2} for words (BOS and EOS take two). These tokens would be cut: "
+                        f"{' '.join(view.truncated)!s}. Shorten it."
+                    )
+        if int(self.steps) != self.steps or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS} (got {self.steps}).")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must lie in 0..{MAX_GUIDANCE:g} (got {self.guidance}); <= 1 turns it off.")
+        if int(self.seed) != self.seed or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (got {self.seed}).")
+        if self.scheduler not in SCHEDULER_CHOICES:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_CHOICES)}.")
+        multiple, default_hw, max_side = size_limits(pipe)
+        hw = (self.height or default_hw[0], self.width or default_hw[1])
+        for name, value in zip(("height", "width"), hw, strict=True):
+            if int(value) != value or value % multiple or not multiple <= value <= max_side:
+                raise ValueError(
+                    f"{name} {value} is not allowed: use a multiple of {multiple} from {multiple} to {max_side} "
+                    f"pixels (this model's default is {default_hw[0]} x {default_hw[1]})."
+                )
+        return int(hw[0]), int(hw[1])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class StepUpdate:
+    """One finished denoising step.
+
+    Attributes:
+        step: Step index, 0-based.
+        total: Steps the sampler runs (the request's steps; PNDM adds one).
+        timestep: Scheduler timestep of the step.
+        preview: (H, W, 3) uint8: the predicted clean image x̂₀ (or the noisy latent where the scheduler gives none).
+        source: ``"x0"`` or ``"latents"``: what ``preview`` shows.
+        elapsed: Seconds since the run started.
+    """
+
+    step: int
+    total: int
+    timestep: float
+    preview: np.ndarray
+    source: str
+    elapsed: float
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationResult:
+    """A finished (or stopped) generation with everything recorded on the way.
+
+    Attributes:
+        request: The request.
+        size: (height, width) in pixels.
+        image: The decoded image (PIL).
+        view: Tokenisation of the prompt (:class:`explain.tokens.TokenView`).
+        captured: Cross-attention maps per layer, per head (:class:`explain.attention.CapturedAttention`).
+        frames: Film frames, one per step (:class:`explain.film.FilmFrame`).
+        interrupted: True when ``stop`` ended the run early.
+        steps_done: Steps that ran.
+        seconds: Wall time of the run.
+        scheduler: Scheduler class used.
+    """
+
+    request: GenerationRequest
+    size: tuple[int, int]
+    image: object
+    view: object
+    captured: object
+    frames: tuple
+    interrupted: bool
+    steps_done: int
+    seconds: float
+    scheduler: str
+
+
+class Engine:
+    """The model of a session, loaded on first use, and the lock that serialises pipeline runs.
+
+    Args:
+        model: ``None`` (embedded model), a diffusers directory or a Hub id (see :func:`explain.loading.load_pipeline`).
+        device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
+        quiet: Turn off diffusers' and transformers' loading progress bars (a server log stays readable).
+    """
+
+    def __init__(self, model: str | None = None, device: str | None = None, quiet: bool = True):
+        self.model = model
+        self.device = device
+        self.quiet = quiet
+        self.lock = threading.RLock()  # held for a whole pipeline run
+        self._load_lock = threading.Lock()
+        self._pipe = None
+        self._clip = None
+        self._preview = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def limits(self) -> tuple[tuple[int, int, int], int]:
+        """``(size_limits, T)`` read from the model's config files, without loading weights (fast start).
+
+        Falls back to loading the pipeline when the configs cannot be read on their own.
+        """
+        try:
+            unet, vae, scheduler = (
+                self._config(f) for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+            )
+            sample = unet["sample_size"]
+            sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
+            vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)  # as diffusers pipelines compute it
+            default_hw = (sample_hw[0] * vae_factor, sample_hw[1] * vae_factor)
+            multiple = vae_factor * 2 ** (len(unet["block_out_channels"]) - 1)
+            limits = (multiple, default_hw, MAX_SIDE_FACTOR * max(default_hw))
+            return limits, int(scheduler["num_train_timesteps"])
+        except (OSError, KeyError, ValueError, TypeError):
+            pipe = self.pipeline()
+            return size_limits(pipe), int(pipe.scheduler.config.num_train_timesteps)
+
+    def _config(self, name: str) -> dict:
+        from explain.loading import EMBEDDED_MODEL_DIR
+
+        local = Path(self.model).expanduser() if self.model else EMBEDDED_MODEL_DIR
+        if local.is_dir():
+            return json.loads((local / name).read_text())
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(self.model, name)).read_text())
+
+    @staticmethod
+    def quiet_loading() -> None:
+        """No download/loading progress bars from diffusers and transformers (a server's log stays readable)."""
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+    def pipeline(self):
+        """The shared pipeline (loads it the first time)."""
+        with self._load_lock:
+            if self._pipe is None:
+                from explain.loading import load_pipeline
+
+                if self.quiet:
+                    self.quiet_loading()
+                self._pipe = load_pipeline(self.model, device=self.device)
+            return self._pipe
+
+    def clip(self):
+        """The embedded model's full CLIP (:class:`explain.clip_model.ClipBundle`), from the model dir when it has one."""
+        with self._load_lock:
+            if self._clip is None:
+                from explain.clip_model import CLIP_SUBDIR, load_clip
+                from explain.loading import EMBEDDED_MODEL_DIR
+
+                own = Path(self.model) if self.model else None
+                self._clip = load_clip(own if own is not None and (own / CLIP_SUBDIR).is_dir() else EMBEDDED_MODEL_DIR)
+            return self._clip
+
+    def latent_preview(self):
+        """A :class:`explain.film.LatentPreview` fitted once to the model's VAE."""
+        pipe = self.pipeline()
+        with self._load_lock:
+            if self._preview is None:
+                from explain.film import LatentPreview
+
+                self._preview = LatentPreview.fit(pipe.vae)
+            return self._preview
+
+    def warm_up(self) -> None:
+        """Load everything and run one short generation, so the first real request is fast."""
+        pipe = self.pipeline()
+        self.latent_preview()
+        with contextlib.suppress(FileNotFoundError):
+            self.clip()
+        for _ in generate_stream(pipe, GenerationRequest("a red circle in the center", steps=2), lock=self.lock):
+            pass
+
+    def start_warm_up(self) -> threading.Thread:
+        """:meth:`warm_up` in a daemon thread (errors surface again on first use)."""
+
+        def run():
+            with contextlib.suppress(Exception):
+                self.warm_up()
+
+        thread = threading.Thread(target=run, name="engine-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+
+def size_limits(pipe) -> tuple[int, tuple[int, int], int]:
+    """(multiple, default (h, w), max side) in pixels for this pipeline.
+
+    Sides must be multiples of the VAE factor times the U-Net's downsampling (every down block but the last halves).
+    """
+    sample = pipe.unet.config.sample_size
+    sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    default_hw = (sample_hw[0] * pipe.vae_scale_factor, sample_hw[1] * pipe.vae_scale_factor)
+    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    return multiple, default_hw, MAX_SIDE_FACTOR * max(default_hw)
+
+
+def request_pipeline(pipe, scheduler: str = "default"):
+    """A shallow copy of ``pipe`` (shared weights) with a fresh scheduler: the model's class, or ``scheduler``."""
+    import diffusers
+
+    key = SCHEDULER_CHOICES[scheduler]
+    scheduler_class = type(pipe.scheduler) if key is None else getattr(diffusers, SCHEDULERS[key])
+    components = dict(pipe.components)
+    components["scheduler"] = scheduler_class.from_config(pipe.scheduler.config)
+    params = inspect.signature(type(pipe).__init__).parameters
+    options = {k: v for k, v in pipe.config.items() if k in params and k not in components}
+    copy = type(pipe)(**components, **options)
+    copy.set_progress_bar_config(disable=True)
+    return copy
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+def generate_stream(
+    pipe,
+    request: GenerationRequest,
+    stop: threading.Event | None = None,
+    *,
+    lock: contextlib.AbstractContextManager | None = None,
+    preview=None,
+    per_head: bool = True,
+) -> Iterator[StepUpdate | GenerationResult]:
+    """Run ``request`` and yield a :class:`StepUpdate` per step, then the :class:`GenerationResult`.
+
+    Args:
+        pipe: A Stable Diffusion (XL) pipeline (not modified: the run uses :func:`request_pipeline`).
+        request: What to generate (validated here: ``ValueError`` before anything runs).
+        stop: Set it to end the run after the current step; closing the iterator early sets it too.
+        lock: Held for the whole pipeline run (see :class:`Engine`).
+        preview: A fitted :class:`explain.film.LatentPreview` (fitted on first need otherwise).
+        per_head: Keep each head's maps (needed to filter by head).
+    """
+    height, width = request.validate(pipe)
+    stop = stop if stop is not None else threading.Event()
+    items: queue.Queue = queue.Queue()
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=_worker,
+        args=(pipe, request, (height, width), stop, lock, preview, per_head, items, started),
+        name="generate-stream",
+        daemon=True,
+    )
+    thread.start()
+    finished = False
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                finished = True
+                thread.join()  # it has nothing left to do; joined, it cannot outlive the interpreter
+                return
+            if isinstance(item, _Failure):
+                finished = True
+                raise item.error
+            yield item
+    finally:
+        if not finished:  # the consumer went away (closed the iterator): stop the worker within one step
+            stop.set()
+
+
+def _worker(pipe, request, size, stop, lock, preview, per_head, items, started) -> None:
+    import torch
+
+    from explain.attention import AttentionRecorder, compose_callbacks
+    from explain.film import FilmRecorder, initial_noise
+    from explain.tokens import tokenize_prompt
+
+    height, width = size
+    try:
+        with lock if lock is not None else contextlib.nullcontext():
+            run = request_pipeline(pipe, request.scheduler)
+            view = tokenize_prompt(run.tokenizer, request.prompt)
+            generator = torch.Generator(run.unet.device).manual_seed(int(request.seed))
+            noise = initial_noise(run, 1, height, width, generator)
+            steps_done = 0
+
+            def on_frame(frame):
+                nonlocal steps_done
+                steps_done = frame.step + 1
+                elapsed = time.perf_counter() - started
+                total = len(run.scheduler.timesteps) // run.scheduler.order  # PNDM runs one more than asked
+                items.put(StepUpdate(frame.step, total, frame.timestep, frame.image[0], frame.source, elapsed))
+
+            def interrupt(run_pipe, step_index, timestep, callback_kwargs):
+                if stop.is_set():
+                    run_pipe._interrupt = True  # diffusers' documented early stop: the loop skips the rest
+                return callback_kwargs
+
+            film = FilmRecorder(run, initial_latents=noise, preview=preview, on_frame=on_frame)
+            recorder = AttentionRecorder(
+                run,
+                per_head=per_head,
+                token_count=view.n_used,
+                max_resolution=STORE_MAX_RESOLUTION,
+                height=height,
+                width=width,
+            )
+            with recorder:
+                image = run(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative or None,
+                    num_inference_steps=int(request.steps),
+                    guidance_scale=float(request.guidance),
+                    height=height,
+                    width=width,
+                    generator=generator,
+                    latents=noise,
+                    callback_on_step_end=compose_callbacks(
+                        recorder.callback_on_step_end, film.callback_on_step_end, interrupt
+                    ),
+                ).images[0]
+            result = GenerationResult(
+                request=request,
+                size=(height, width),
+                image=image,
+                view=view,
+                captured=recorder.result(),
+                frames=tuple(film.frames()),
+                interrupted=bool(run.interrupt),
+                steps_done=steps_done,
+                seconds=time.perf_counter() - started,
+                scheduler=type(run.scheduler).__name__,
+            )
+        items.put(result)
+    except BaseException as error:  # handed to the consumer, raised there
+        items.put(_Failure(error))
+    finally:
+        items.put(_DONE)
+
+
+def generate(pipe, request: GenerationRequest, **kwargs) -> GenerationResult:
+    """:func:`generate_stream` run to the end; returns only the result."""
+    result = None
+    for item in generate_stream(pipe, request, **kwargs):
+        result = item
+    if not isinstance(result, GenerationResult):
+        raise RuntimeError("the generation ended without a result")
+    return result
+
+
+# -- views of a result ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class MapView:
+    """Per-word heat maps of a result after filtering, normalising and thresholding.
+
+    Attributes:
+        words: The words shown.
+        maps: (n_words, H, W) float32 in [0, 1] after the chosen normalisation.
+        overlays: Per word, the image with its map blended on top, (H, W, 3) uint8.
+        masks: Per word, the image outside ``map > threshold`` dimmed, (H, W, 3) uint8; None without a threshold.
+        layers: Layers that went into the maps.
+        steps: Step indices averaged.
+        heads: Head indices averaged (None: all).
+    """
+
+    words: tuple[str, ...]
+    maps: np.ndarray
+    overlays: tuple[np.ndarray, ...]
+    masks: tuple[np.ndarray, ...] | None
+    layers: tuple[str, ...]
+    steps: tuple[int, ...]
+    heads: tuple[int, ...] | None
+
+
+def word_maps(
+    result: GenerationResult,
+    *,
+    steps: Iterable[int] | None = None,
+    layers: Iterable[str] | None = None,
+    parts: Iterable[str] | None = None,
+    downsamples: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    normalization: str = "minmax",
+    threshold: float | None = None,
+    include_punctuation: bool = False,
+    skip_words: Iterable[str] = (),
+) -> MapView:
+    """DAAM maps of a result's words (:func:`explain.heatmap.aggregate`), normalised, overlaid, thresholded.
+
+    Args:
+        result: A finished generation.
+        steps: Step indices to average (None: all).
+        layers: Layer names (None: all).
+        parts: U-Net parts to keep, any of :data:`UNET_PARTS` (None: all).
+        downsamples: Keep layers whose feature map is the latent shrunk by these factors (1, 2, 4, ...; None: all).
+        heads: Head indices (None: all).
+        normalization: One of :data:`explain.heatmap.NORMALIZATIONS`.
+        threshold: Also return masks of ``map > threshold`` (None: no masks).
+        include_punctuation: Keep punctuation "words".
+        skip_words: Words not to show (case-insensitive), e.g. articles.
+
+    Raises:
+        ValueError: empty or impossible selections (say which).
+    """
+    from explain.heatmap import aggregate, normalize, select_layers
+    from explain.heatmap import overlay as blend
+
+    captured = result.captured
+    all_steps = list(range(captured.n_steps))
+    step_list = all_steps if steps is None else [s for s in steps if 0 <= s < captured.n_steps]
+    if not step_list:
+        raise ValueError(f"no recorded step selected: this run recorded steps 0..{captured.n_steps - 1}")
+    names = select_layers(captured, layers)
+    if parts is not None:
+        wanted = set(parts)
+        names = [n for n in names if n.split(".")[0] in {UNET_PARTS[p] for p in wanted & set(UNET_PARTS)}]
+    if downsamples is not None:
+        factors = {int(f) for f in downsamples}
+        names = [n for n in names if layer_downsample(captured, n) in factors]
+    if not names:
+        raise ValueError("no cross-attention layer matches this choice of U-Net parts and resolutions")
+    head_list = None
+    if heads is not None:
+        most = min(captured.maps[n].shape[2] for n in names)
+        head_list = sorted({h for h in heads if 0 <= h < most})
+        if not head_list:
+            raise ValueError(f"no head selected: the chosen layers have heads 0..{most - 1}")
+    maps = aggregate(captured, result.view, steps=step_list, layers=names, heads=head_list)
+    skipped = {w.lower() for w in skip_words}
+    keep = [
+        i
+        for i, w in enumerate(result.view.words[: len(maps.words)])
+        if (include_punctuation or not w.is_punctuation) and w.text.lower() not in skipped
+    ]
+    if not keep:
+        raise ValueError("the prompt has no words to map")
+    raw = maps.word_maps[keep]  # (n, H, W)
+    shown = normalize(raw, normalization).numpy()
+    image = np.asarray(result.image.convert("RGB"))
+    overlays = tuple(blend(image, m, normalise=False) for m in shown)
+    masks = None
+    if threshold is not None:
+        masks = tuple(
+            np.where((m > threshold)[..., None], image, (image * 0.25).astype(np.uint8)).astype(np.uint8)
+            for m in shown
+        )
+    return MapView(
+        words=tuple(maps.words[i] for i in keep),
+        maps=shown.astype(np.float32),
+        overlays=overlays,
+        masks=masks,
+        layers=tuple(names),
+        steps=tuple(step_list),
+        heads=None if head_list is None else tuple(head_list),
+    )
+
+
+def layer_downsample(captured, name: str) -> int:
+    """How many times smaller than the latent a recorded layer's feature map is (1, 2, 4, ...)."""
+    return round(max(captured.latent_hw) / max(captured.layer_resolutions[name]))
+
+
+@dataclass(frozen=True)
+class LayerShapes:
+    """The tensors of one cross-attention layer, with their actual sizes.
+
+    Q = features · W_q: (N, inner) from the (N, query_dim) image features, N = h · w positions;
+    K = text · W_k and V = text · W_v: (L, inner) from the (L, text_dim) token embeddings, L token slots;
+    split into ``heads`` heads of ``head_dim``; A = softmax(Q Kᵀ / √head_dim): (heads, N, L).
+    """
+
+    name: str
+    heads: int
+    head_dim: int
+    feature_hw: tuple[int, int]
+    n_queries: int
+    query_dim: int
+    text_len: int
+    text_dim: int
+    inner_dim: int
+    value_dim: int
+    out_dim: int
+
+
+def layer_shapes(pipe, name: str, height: int, width: int) -> LayerShapes:
+    """Shapes of ``name``'s Q, K, V and attention for an image of ``height`` x ``width`` (read from the module)."""
+    from explain.loading import describe_pipeline
+
+    layers = {layer.name: layer for layer in describe_pipeline(pipe).cross_attention_layers}
+    if name not in layers:
+        raise ValueError(f"{name!r} is not a cross-attention layer of this U-Net")
+    attn = pipe.unet.get_submodule(name)
+    down = layers[name].downsample
+    latent_h, latent_w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
+    h, w = -(-latent_h // down), -(-latent_w // down)  # stride-2 convolutions round up
+    inner = attn.to_q.out_features
+    return LayerShapes(
+        name=name,
+        heads=attn.heads,
+        head_dim=inner // attn.heads,
+        feature_hw=(h, w),
+        n_queries=h * w,
+        query_dim=attn.to_q.in_features,
+        text_len=pipe.tokenizer.model_max_length,
+        text_dim=attn.to_k.in_features,
+        inner_dim=attn.to_k.out_features,
+        value_dim=attn.to_v.out_features,
+        out_dim=attn.to_out[0].out_features,
+    )
+
+
+# -- exports --------------------------------------------------------------------------------------------------------
+def export_grid_png(result: GenerationResult, view: MapView, path: str | Path, title: str | None = None) -> Path:
+    """The image and one overlay per word as one PNG (:func:`explain.figures.word_heatmap_grid`)."""
+    from explain.figures import word_heatmap_grid
+
+    image = np.asarray(result.image.convert("RGB"), dtype=np.float32) / np.iinfo(np.uint8).max
+    fig = word_heatmap_grid([image], [list(view.maps)], list(view.words), title=title)
+    fig.savefig(path, format="png")
+    return Path(path)
+
+
+def export_film_gif(result: GenerationResult, path: str | Path, preview=None) -> Path:
+    """The denoising as an animated GIF.
+
+    With ``preview`` (a :class:`explain.film.LatentPreview`): per step, the noisy sample x_t beside the predicted
+    clean image x̂₀, large. Without: x̂₀ and each word's attention at that step (the CLI's ``film.gif``).
+    """
+    if preview is None:
+        _write_film(Path(path), list(result.frames), result.captured, result.view)
+        return Path(path)
+    from PIL import Image, ImageDraw
+
+    frames = []
+    for frame in result.frames:
+        scale = result.size[0] // frame.latents.shape[-2]
+        noisy = preview(frame.latents)[0].repeat(scale, axis=0).repeat(scale, axis=1)  # (H, W, 3)
+        tiles = [
+            Image.fromarray(t).resize(_tile_size(t.shape), Image.Resampling.NEAREST) for t in (noisy, frame.image[0])
+        ]
+        canvas = Image.new("RGB", (tiles[0].width * 2 + FILM_GAP, tiles[0].height + FILM_CAPTION), "white")
+        canvas.paste(tiles[0], (0, FILM_CAPTION))
+        canvas.paste(tiles[1], (tiles[0].width + FILM_GAP, FILM_CAPTION))
+        shown = "x0 (predicted clean image)" if frame.source == "x0" else "x_t (no x0 from this scheduler)"
+        text = f"step {frame.step + 1}/{len(result.frames)}   x_t (noisy) | {shown}"
+        ImageDraw.Draw(canvas).text((6, 6), text, fill="black")
+        frames.append(canvas)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FILM_FRAME_MS, loop=0)
+    return Path(path)
+
+
+def _tile_size(shape) -> tuple[int, int]:
+    """(width, height) of a film tile: the longer side FILM_TILE pixels."""
+    height, width = shape[:2]
+    ratio = FILM_TILE / max(height, width)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
+def export_maps_npz(result: GenerationResult, path: str | Path) -> Path:
+    """Raw maps: ``words``, ``word_maps`` (n, H, W), ``tokens``, ``token_maps``, ``cube`` (steps, layers, tokens, h, w)."""
+    from explain.heatmap import aggregate, per_step_cube
+
+    maps = aggregate(result.captured, result.view)
+    np.savez_compressed(
+        path,
+        words=np.array(maps.words, dtype=str),
+        word_maps=maps.word_maps.numpy().astype(np.float32),
+        tokens=np.array(maps.tokens, dtype=str),
+        token_maps=maps.token_maps.numpy().astype(np.float32),
+        cube=per_step_cube(result.captured).numpy(),
+        layer_names=np.array(result.captured.layer_names, dtype=str),
+        timesteps=np.array(result.captured.timesteps, dtype=np.float32),
+    )
+    return Path(path)
+
+
+def export_settings_json(result: GenerationResult, path: str | Path, model: str | None = None) -> Path:
+    """The request and what ran (scheduler class, size, steps done), as JSON."""
+    doc = {
+        **result.request.to_dict(),
+        "model": model or "embedded",
+        "scheduler_class": result.scheduler,
+        "size": list(result.size),
+        "steps_done": result.steps_done,
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 3),
+        "words": [w.text for w in result.view.words],
+    }
+    Path(path).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(path)
