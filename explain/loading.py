@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
+    "SCHEDULERS",
+    "scheduler_class",
     "EMBEDDED_MODEL_DIR",
     "ModelLoadError",
     "CrossAttentionLayer",
@@ -41,6 +43,28 @@ __all__ = [
     "describe_pipeline",
     "default_device",
 ]
+
+# Scheduler names users type (CLI --scheduler, the app's menu) -> diffusers class names.
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class for a name of :data:`SCHEDULERS` (KeyError naming the choices otherwise)."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise KeyError(f"unknown scheduler {name!r}; choose from {', '.join(sorted(SCHEDULERS))}")
+    return getattr(diffusers, SCHEDULERS[name])
+
 
 EXPLORER_SETTINGS = "explorer.json"  # optional per-model defaults (guidance, steps) in a model directory
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-shapes-sd"

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.cli.generate import SCHEDULERS, _write_film
+from explain.loading import scheduler_class
+from explain.outputs import write_film_gif
 
 __all__ = [
     "SCHEDULER_CHOICES",
@@ -60,7 +61,7 @@ __all__ = [
     "export_settings_json",
 ]
 
-# Display name -> key of explain.cli.generate.SCHEDULERS ("default" keeps the model's own scheduler class).
+# Display name -> key of explain.loading.SCHEDULERS ("default" keeps the model's own scheduler class).
 SCHEDULER_CHOICES: dict[str, str | None] = {
     "default": None,
     "DDIM": "ddim",
@@ -319,12 +320,10 @@ def size_limits(pipe) -> tuple[int, tuple[int, int], int]:
 
 def request_pipeline(pipe, scheduler: str = "default"):
     """A shallow copy of ``pipe`` (shared weights) with a fresh scheduler: the model's class, or ``scheduler``."""
-    import diffusers
-
     key = SCHEDULER_CHOICES[scheduler]
-    scheduler_class = type(pipe.scheduler) if key is None else getattr(diffusers, SCHEDULERS[key])
+    cls = type(pipe.scheduler) if key is None else scheduler_class(key)
     components = dict(pipe.components)
-    components["scheduler"] = scheduler_class.from_config(pipe.scheduler.config)
+    components["scheduler"] = cls.from_config(pipe.scheduler.config)
     params = inspect.signature(type(pipe).__init__).parameters
     options = {k: v for k, v in pipe.config.items() if k in params and k not in components}
     copy = type(pipe)(**components, **options)
@@ -646,7 +645,7 @@ def export_film_gif(result: GenerationResult, path: str | Path, preview=None) ->
     clean image x̂₀, large. Without: x̂₀ and each word's attention at that step (the CLI's ``film.gif``).
     """
     if preview is None:
-        _write_film(Path(path), list(result.frames), result.captured, result.view)
+        write_film_gif(Path(path), list(result.frames), result.captured, result.view)
         return Path(path)
     from PIL import Image, ImageDraw
 

@@ -21,29 +21,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import time
 from pathlib import Path
 
-import numpy as np
-
 from explain.cli import CliError
+from explain.loading import SCHEDULERS
 
-__all__ = ["add_parser", "run", "SCHEDULERS"]
-
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-FILM_TILE_SIDE = 256  # longest side of one film tile, pixels
-FILM_MAX_WORDS = 8  # word tiles per film frame
-FILM_FRAME_MS = 200
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -109,7 +93,7 @@ def _load(args):
     import diffusers
     import transformers
 
-    from explain.loading import ModelLoadError, describe_pipeline, load_pipeline
+    from explain.loading import ModelLoadError, describe_pipeline, load_pipeline, scheduler_class
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -121,46 +105,17 @@ def _load(args):
     args.steps = args.steps or info.recommended_steps
     args.guidance = info.recommended_guidance if args.guidance is None else args.guidance
     if args.scheduler:
-        scheduler_class = getattr(diffusers, SCHEDULERS[args.scheduler])
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     return pipe
-
-
-def _safe_name(word: str) -> str:
-    return re.sub(r"[^\w-]+", "_", word).strip("_") or "punct"
-
-
-def _thumbnail(array: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    image = Image.fromarray(array)
-    image.thumbnail((FILM_TILE_SIDE, FILM_TILE_SIDE), Image.Resampling.BILINEAR)
-    return np.asarray(image)
-
-
-def _write_film(path: Path, film_frames, captured, view) -> None:
-    from PIL import Image
-
-    from explain.heatmap import aggregate, overlay
-
-    frames = []
-    for frame in film_frames:
-        x0 = frame.image[0]  # (H, W, 3)
-        tiles = [x0]
-        if frame.step < captured.n_steps:
-            maps = aggregate(captured, view, steps=[frame.step], image_size=x0.shape[:2])
-            tiles += [overlay(x0, heat) for heat in maps.word_maps[:FILM_MAX_WORDS]]
-        frames.append(Image.fromarray(np.concatenate([_thumbnail(t) for t in tiles], axis=1)))
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FILM_FRAME_MS, loop=0)
 
 
 def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out: Path, preview) -> dict:
     import torch
-    from PIL import Image
 
     from explain.attention import AttentionRecorder, compose_callbacks
     from explain.film import FilmRecorder, initial_noise
-    from explain.heatmap import aggregate, overlay, per_step_cube
+    from explain.heatmap import aggregate
+    from explain.outputs import write_attention_files
     from explain.tokens import tokenize_prompt
 
     started = time.perf_counter()
@@ -211,21 +166,8 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
             image = pipe(**call, callback_on_step_end=callback).images[0]
         captured = rec.result()
         maps = aggregate(captured, view)
-        np.savez_compressed(
-            out / "attention.npz",
-            words=np.array(maps.words, dtype=str),
-            word_maps=maps.word_maps.numpy().astype(np.float32),
-            tokens=np.array(maps.tokens, dtype=str),
-            token_maps=maps.token_maps.numpy().astype(np.float32),
-            cube=per_step_cube(captured).numpy(),
-            layer_names=np.array(captured.layer_names, dtype=str),
-        )
-        heat_dir = out / "heatmaps"
-        heat_dir.mkdir(exist_ok=True)
-        for i, (word, heat) in enumerate(zip(maps.words, maps.word_maps, strict=True)):
-            Image.fromarray(overlay(image, heat)).save(heat_dir / f"{i:02d}_{_safe_name(word)}.png")
         frames = film.frames()
-        _write_film(out / "film.gif", frames, captured, view)
+        write_attention_files(out, maps, captured, image, view, frames)
         summary.update(
             capture=True,
             capture_bytes=captured.nbytes,
