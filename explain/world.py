@@ -201,7 +201,10 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
     if shape == "diamond":
         return [(cx, cy - r * 1.1), (cx + r * 0.8, cy), (cx, cy + r * 1.1), (cx - r * 0.8, cy)]
     if shape == "triangle":
-        return [(cx + r * math.cos(a), cy + r * 0.15 + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        return [
+            (cx + r * math.cos(a), cy + r * 0.15 + r * math.sin(a))
+            for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
     if shape == "star":
         pts = []
         for k in range(10):
@@ -264,7 +267,9 @@ def _background(scene: str | None, size: int, rng: np.random.Generator) -> np.nd
     return img + noise
 
 
-def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None, jitter: float = 0.05) -> RenderedScene:
+def render(
+    scene: Scene, size: int = 64, rng: np.random.Generator | None = None, jitter: float = 0.05
+) -> RenderedScene:
     """Draw a scene at ``size``x``size`` pixels with small random jitter of position and radius."""
     rng = rng if rng is not None else np.random.default_rng(0)
     img = _background(scene.scene, size, rng)
