@@ -56,7 +56,7 @@ def build_demo(engine=None) -> gr.Blocks:
             with gr.Tab("4 · Steer with words", id=TAB_IDS[3]):
                 SteerTab(engine).build()
             with gr.Tab("5 · Use cases", id=TAB_IDS[4]):
-                UseCasesTab().build()
+                UseCasesTab(engine).build()
         demo.load(attend.from_url, None, [*attend_parts["inputs"], tabs], api_visibility="undocumented", queue=False)
         # Fill the first views so a projected page never starts empty (deterministic defaults; cheap after warm-up).
         demo.load(clip.on_load, None, clip_outputs, api_visibility="undocumented", concurrency_id=MODEL_CONCURRENCY)

@@ -34,6 +34,7 @@ MAX_UPLOAD_SIDE = 4096
 
 CSS = """
 .gradio-container { font-size: 17px; }
+.usecase-big img { width: 100%; height: 100%; object-fit: contain; }
 .explain { background: #f4f7fb; border-left: 5px solid #3a6fb0; border-radius: 6px; padding: 10px 14px !important; }
 .explain p, .explain li { font-size: 16px; line-height: 1.45; }
 .lesson { font-size: 17px; }

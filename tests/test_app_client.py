@@ -81,6 +81,10 @@ def test_api_names(client):
         "/steer_swap",
         "/steer_drop",
         "/guidance_sweep",
+        "/upscale",
+        "/stylize",
+        "/inpaint",
+        "/outpaint",
     }
 
 

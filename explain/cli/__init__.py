@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main", "build_parser", "CliError"]
 
-SUBCOMMANDS = ("generate", "noise", "markov", "clip")
+SUBCOMMANDS = ("generate", "noise", "markov", "clip", "upscale", "stylize", "inpaint", "outpaint")
 
 
 class CliError(Exception):

@@ -1,0 +1,134 @@
+"""The Use cases tab: handlers on the embedded model, and /upscale, /inpaint served in-process via gradio_client."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from explain.loading import EMBEDDED_MODEL_DIR
+from explain.usecases import task_models_available
+
+STEPS = 3  # the tab's default is 20; a few steps keep the tests quick on a busy CPU
+
+pytestmark = pytest.mark.skipif(
+    not ((EMBEDDED_MODEL_DIR / "model_index.json").is_file() and task_models_available()),
+    reason="embedded model or models/tiny-shapes-tasks missing",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _layer() -> np.ndarray:
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[16:48, 32:64] = 255
+    return layer
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from explain.session import Engine
+
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def tab(engine):
+    from demo.tab_usecases import UseCasesTab
+
+    return UseCasesTab(engine)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from demo.tab_usecases import world_sample
+
+    return world_sample()
+
+
+def test_upscale_handler(tab, sample):
+    from matplotlib.figure import Figure
+
+    image, caption = sample
+    low, bicubic, out, figure, gallery, summary = tab.upscale(image, caption, 20, 0, STEPS)
+    assert low.size == (16, 16) and bicubic.size == out.size == (64, 64)
+    assert isinstance(figure, Figure)
+    assert gallery and all(isinstance(img, np.ndarray) and isinstance(label, str) for img, label in gallery)
+    assert "StableDiffusionUpscalePipeline" in summary
+
+
+def test_inpaint_handler_keeps_unmasked_pixels(tab, sample):
+    image, caption = sample
+    editor = {"background": image, "layers": [_layer()], "composite": image}
+    mask, raw, out, figure, gallery, summary = tab.inpaint(editor, caption, "unet", 0, STEPS)
+    assert mask.shape == (64, 64) and mask[20, 40] == 255 and mask[0, 0] == 0
+    result = np.asarray(out)
+    assert np.array_equal(result[:16], image[:16])  # outside the mask: kept exactly
+    assert figure is not None and len(gallery) >= 3 and "unet" in summary
+
+
+def test_bad_inputs_give_clear_errors(tab, sample):
+    import gradio as gr
+
+    image, caption = sample
+    with pytest.raises(gr.Error, match="empty"):
+        tab.inpaint({"background": image, "layers": [], "composite": image}, caption, "unet", 0, STEPS)
+    with pytest.raises(gr.Error, match="No image"):
+        tab.upscale(None, caption, 20, 0, STEPS)
+    with pytest.raises(gr.Error, match="nothing to outpaint"):
+        tab.outpaint(image, caption, 0, 0, 0, 0, 1.0, "unet", 0, STEPS)
+    with pytest.raises(gr.Error, match="strength"):
+        tab.stylize(image, ["striped"], caption, 0.1, 0, STEPS)  # int(3 x 0.1) = 0 denoising steps
+
+
+@pytest.fixture(scope="module")
+def client(engine, tmp_path_factory):
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
+    import gradio as gr
+
+    from demo.app import launch_options
+    from demo.tab_usecases import UseCasesTab
+
+    with gr.Blocks() as demo:
+        UseCasesTab(engine).build()
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **launch_options())
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def files(sample, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("usecases")
+    Image.fromarray(sample[0]).save(folder / "image.png")
+    Image.fromarray(_layer()).save(folder / "mask.png")
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(folder / "empty.png")
+    return folder
+
+
+def test_endpoints(client, files, sample):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/upscale", "/stylize", "/inpaint", "/outpaint"} <= names
+    caption = sample[1]
+    low, bicubic, out, plot, gallery, summary = client.predict(
+        handle_file(str(files / "image.png")), caption, 20, 0, STEPS, api_name="/upscale"
+    )
+    assert Image.open(out).size == (64, 64) and Image.open(low).size == (16, 16)
+    assert plot["plot"].startswith("data:image/png") and gallery and "Upscale" in summary
+    editor = {
+        "background": handle_file(str(files / "image.png")),
+        "layers": [handle_file(str(files / "mask.png"))],
+        "composite": None,
+    }
+    mask, raw, out, plot, gallery, summary = client.predict(editor, caption, "unet", 0, STEPS, api_name="/inpaint")
+    assert Image.open(out).size == (64, 64) and len(gallery) >= 3 and "1024 pixels filled" in summary
+    editor["layers"] = [handle_file(str(files / "empty.png"))]
+    with pytest.raises(AppError, match="empty"):
+        client.predict(editor, caption, "unet", 0, STEPS, api_name="/inpaint")
