@@ -27,6 +27,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+INPAINT_STEPS = 3  # enough to see a fill; the UI default is 20
 TIMEOUT_MS = 90_000  # a loaded 2-core machine can be slow; the steps below take seconds when idle
 LONG_RUN = 150  # steps of the run that Stop interrupts
 RETRIES, RETRY_MS = 6, 10_000
@@ -163,7 +164,35 @@ def test_steer_tab_preset(page, shots):
     page.screenshot(path=shots / "4_steer.png", full_page=True)
 
 
-def test_usecases_tab(page, shots):
+def test_usecases_tab_paint_a_mask_and_inpaint(page, shots):
+    """Use cases → Inpainting: paint a mask with the mouse on the editor canvas, run, see the result and maps."""
     _open(page, "usecases")
     page.get_by_role("heading", name="One U-Net, different conditioning").wait_for()
+    page.get_by_role("tab", name="Inpainting").click()
+    page.locator("#inpaint-sample").click()
+    editor = page.locator("#inpaint-editor")
+    # the editor shows its drawing tools (brush size) only once the image is on the canvas
+    for _ in range(30):
+        editor.get_by_role("button", name="Brush", exact=True).click()
+        if editor.get_by_role("button", name="Brush Size").count():
+            break
+        page.wait_for_timeout(1000)
+    editor.get_by_role("button", name="Brush Size").wait_for()
+    canvas = editor.locator("canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None and box["width"] > 50
+    x0, y0 = box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, 7):  # a short zigzag stroke right of centre
+        page.mouse.move(x0 + (i % 2) * box["width"] * 0.15, y0 + i * box["height"] * 0.03, steps=4)
+    page.mouse.up()
+    steps = page.locator("#inpaint-steps input[type=number]")
+    steps.fill(str(INPAINT_STEPS))
+    steps.press("Tab")
+    page.locator("#inpaint-run").click()
+    page.locator("#inpaint-output img").first.wait_for()
+    page.locator("#inpaint-maps img").nth(2).wait_for()  # one overlay per word
+    assert "pixels filled" in page.locator("#inpaint-summary").inner_text()
     page.screenshot(path=shots / "5_usecases.png", full_page=True)

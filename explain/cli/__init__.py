@@ -11,13 +11,24 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "build_parser", "CliError"]
+__all__ = ["main", "build_parser", "CliError", "positive_int"]
 
 SUBCOMMANDS = ("generate", "noise", "markov", "clip", "upscale", "stylize", "inpaint", "outpaint")
 
 
 class CliError(Exception):
     """A user error: printed as one line on stderr, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,20 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
+from explain.cli import positive_int
+
 __all__ = ["add_parser", "run", "run_markov"]
 
 FIGURE_NAME = "markov.png"
 JSON_NAME = "markov.json"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,9 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="the 2-state weather Markov chain: sampled paths, p_t, stationary law",
         description="Sample the weather chain (rainy/sunny) and compute p_{t+1} = p_t P exactly.",
     )
-    parser.add_argument("--steps", type=_positive_int, required=True, help="number of steps T")
+    parser.add_argument("--steps", type=positive_int, required=True, help="number of steps T")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--paths", type=_positive_int, default=500, help="number of sampled paths (default 500)")
+    parser.add_argument("--paths", type=positive_int, default=500, help="number of sampled paths (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--start", choices=WEATHER_STATES, default=WEATHER_STATES[0], help="start state")
     parser.set_defaults(run=run)

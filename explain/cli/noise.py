@@ -16,6 +16,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from explain.cli import positive_int
+
 __all__ = ["add_parser", "run", "run_noise", "default_timesteps"]
 
 STRIP_NAME = "noising_strip.png"
@@ -23,16 +25,6 @@ SCHEDULE_NAME = "schedule.png"
 JSON_NAME = "noise_stats.json"
 # Default timesteps as fractions of the chain (T = 1000 gives 0 50 100 250 500 999).
 DEFAULT_T_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,9 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--t", type=int, nargs="+", default=None, help="timesteps to show (default: 0 .. T-1 spread)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--pixel-only", action="store_true", help="skip the VAE latent space")
-    parser.add_argument("--max-side", type=_positive_int, default=256, help="resize so the longer side <= this")
-    parser.add_argument("--stat-samples", type=_positive_int, default=256, help="chains sampled for the moments")
-    parser.add_argument("--stat-elements", type=_positive_int, default=512, help="elements used for the moments")
+    parser.add_argument("--max-side", type=positive_int, default=256, help="resize so the longer side <= this")
+    parser.add_argument("--stat-samples", type=positive_int, default=256, help="chains sampled for the moments")
+    parser.add_argument("--stat-elements", type=positive_int, default=512, help="elements used for the moments")
     parser.set_defaults(run=run)
     return parser
 
