@@ -250,7 +250,7 @@ def input_layout_figure(table: tuple[UNetInputChannel, ...], sample: torch.Tenso
     channels = image.shape[0]
     parts = [row for row in table if row.argument == "sample"]
     n_rows = len(table)
-    fig = Figure(figsize=(max(10.0, 1.6 * channels), 2.6 + 0.35 * n_rows + 0.3), layout="constrained")
+    fig = Figure(figsize=(max(12.0, 1.6 * channels), 2.6 + 0.35 * n_rows + 0.3), layout="constrained")
     grid = fig.add_gridspec(2, channels, height_ratios=[2.2, 0.35 * n_rows + 0.3])
     for c in range(channels):
         ax = fig.add_subplot(grid[0, c])
@@ -275,7 +275,7 @@ def input_layout_figure(table: tuple[UNetInputChannel, ...], sample: torch.Tenso
             row.argument,
             str(row.channels) if row.argument == "sample" else "-",
             "x".join(map(str, row.shape)) or "scalar",
-            textwrap.shorten(row.description, 125),
+            textwrap.shorten(row.description, 110),
         ]
         for row in table
     ]
@@ -284,10 +284,10 @@ def input_layout_figure(table: tuple[UNetInputChannel, ...], sample: torch.Tenso
         colLabels=["input", "argument", "channels", "shape", "what it is"],
         loc="upper center",
         cellLoc="left",
-        colWidths=[0.13, 0.13, 0.06, 0.08, 0.6],
+        colWidths=[0.15, 0.15, 0.06, 0.08, 0.56],
     )
     mpl_table.auto_set_font_size(False)
-    mpl_table.set_fontsize(9)
+    mpl_table.set_fontsize(8)
     mpl_table.scale(1, 1.4)
     for i, _ in enumerate(parts):
         mpl_table[i + 1, 0].set_facecolor(PART_COLORS[i % len(PART_COLORS)] + "55")
