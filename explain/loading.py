@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
+    "read_model_index",
+    "offline_message",
     "SCHEDULERS",
     "scheduler_class",
     "EMBEDDED_MODEL_DIR",
@@ -149,14 +151,14 @@ def _hub_is_offline() -> bool:
         return True
 
 
-def _offline_message(model: str, why: str) -> str:
+def offline_message(model: str, why: str) -> str:
     return (
         f"cannot load {model!r}: {why}. To run offline, download it on a machine with network "
         f"(`hf download {model} --local-dir DIR`), copy DIR here and pass that directory instead of the Hub id."
     )
 
 
-def _read_model_index(model: str) -> tuple[dict, str, bool]:
+def read_model_index(model: str) -> tuple[dict, str, bool]:
     """Returns (model_index.json contents, what to pass to from_pretrained, local_files_only)."""
     if model is None:
         path = EMBEDDED_MODEL_DIR
@@ -183,7 +185,7 @@ def _read_model_index(model: str) -> tuple[dict, str, bool]:
         index_file = hf_hub_download(model, "model_index.json", local_files_only=offline)
     except LocalEntryNotFoundError as err:
         why = "the Hub is unreachable and it is not in the local cache" if offline else str(err)
-        raise ModelLoadError(_offline_message(model, why)) from err
+        raise ModelLoadError(offline_message(model, why)) from err
     except (RepositoryNotFoundError, EntryNotFoundError) as err:
         raise ModelLoadError(f"{model!r} is not a diffusers pipeline on the Hub: {err}") from err
     return json.loads(Path(index_file).read_text()), model, offline
@@ -208,7 +210,7 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     device = device or default_device()
     if dtype is None:
         dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    index, source, local_only = _read_model_index(model)
+    index, source, local_only = read_model_index(model)
     class_name = index.get("_class_name")
     if class_name not in SUPPORTED_PIPELINES:
         raise ModelLoadError(f"{model or source!r} is a {class_name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
@@ -222,7 +224,7 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
         )
     except OSError as err:
         if local_only and model is not None and not Path(model).expanduser().exists():
-            raise ModelLoadError(_offline_message(model, f"some files are not in the local cache ({err})")) from err
+            raise ModelLoadError(offline_message(model, f"some files are not in the local cache ({err})")) from err
         raise ModelLoadError(f"cannot load {model or source!r}: {err}") from err
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -66,9 +66,9 @@ def _load_class(model: str, classes: tuple[str, ...], device: str, dtype: torch.
     """Load a pipeline of one of ``classes`` from a local directory or a Hub id (offline: fail fast)."""
     import diffusers
 
-    from explain.loading import _offline_message, _read_model_index  # the model-index path of load_pipeline
+    from explain.loading import offline_message, read_model_index  # the model-index path of load_pipeline
 
-    index, source, local_only = _read_model_index(model)
+    index, source, local_only = read_model_index(model)
     class_name = index.get("_class_name")
     if class_name not in classes:
         raise ModelLoadError(f"{model!r} is a {class_name}; this task needs {' or '.join(classes)}")
@@ -85,7 +85,7 @@ def _load_class(model: str, classes: tuple[str, ...], device: str, dtype: torch.
         )
     except OSError as err:
         if local_only and not Path(model).expanduser().exists():
-            raise ModelLoadError(_offline_message(model, f"some files are not in the local cache ({err})")) from err
+            raise ModelLoadError(offline_message(model, f"some files are not in the local cache ({err})")) from err
         raise ModelLoadError(f"cannot load {model!r}: {err}") from err
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
