@@ -106,6 +106,11 @@ class Recorded:
     film: tuple[FilmFrame, ...]
     seconds: float
 
+    def task_fields(self) -> dict:
+        """The :class:`TaskResult` fields every task takes unchanged from its recorded run."""
+        names = ("inputs", "input_sample", "timesteps_run", "view", "captured", "maps", "film", "seconds")
+        return {name: getattr(self, name) for name in names}
+
 
 def _legacy_callback(pipe, callback_on_step_end):
     """``callback(step, t, latents)`` -> ``callback_on_step_end(pipe, i, t, {"latents": latents})``.
