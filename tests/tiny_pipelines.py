@@ -61,6 +61,20 @@ def _tokenizer(workdir: Path, name: str, pad_token: str = "<|endoftext|>"):
     return build_clip_tokenizer(Path(workdir) / name, pad_token=pad_token)
 
 
+def _sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
+    """An SD 1.x/2.x pipeline from its components, without safety checker."""
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def _text_encoder(tokenizer, *, hidden: int, act: str, projection: int | None = None, seed: int = 0):
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -115,16 +129,7 @@ def build_sd1(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableD
     ).eval()
     scheduler = PNDMScheduler.from_config(SD_SCHEDULER_CONFIG)
     vae = _vae(SD_VAE_SCALING, sample_size * 8, seed)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def build_sd2(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableDiffusionPipeline:
@@ -148,16 +153,7 @@ def build_sd2(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableD
     ).eval()
     scheduler = DDIMScheduler.from_config({**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"})
     vae = _vae(SD_VAE_SCALING, sample_size * 8, seed)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def build_sdxl(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableDiffusionXLPipeline:
