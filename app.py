@@ -25,10 +25,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def share_warning(args: argparse.Namespace) -> str | None:
+    """The warning to print when a public link is asked for without a login (None when there is nothing to say)."""
+    if args.share and args.auth is None:
+        return "warning: --share without --auth: anyone with the link can use this machine. Add --auth USER:PASS."
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.share and args.auth is None:
-        print("warning: --share without --auth: anyone with the link can use this machine. Add --auth USER:PASS.")
+    warning = share_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     from demo.app import build_demo, launch_options
     from explain.loading import ModelLoadError
@@ -53,7 +61,11 @@ def main(argv=None) -> int:
     )
     print(f"* Served in {time.perf_counter() - STARTED:.1f} s")
     if args.share and not demo.share_url:
-        print("warning: the share tunnel could not be reached; the app is serving locally only at", demo.local_url)
+        print(
+            "warning: the share tunnel could not be reached; the app is serving locally only at",
+            demo.local_url,
+            file=sys.stderr,
+        )
     engine.start_warm_up()
     demo.block_thread()
     return 0

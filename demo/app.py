@@ -1,4 +1,4 @@
-"""build_demo(): the whole app as one gr.Blocks, one module per tab; launch_options(): theme and CSS for launch()."""
+"""build_demo(): the whole app as one gr.Blocks, one module per tab; launch_options(): how launch() serves it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,40 @@ import tempfile
 
 import gradio as gr
 
-from demo.common import CSS, MODEL_CONCURRENCY, TAB_IDS, theme
+from demo.cache import cache_cleanup
+from demo.common import CSS, MAX_FILE_SIZE, MODEL_CONCURRENCY, TAB_IDS, check_inputs, theme
 from demo.tab_attend import AttendTab
 from demo.tab_clip import ClipTab
 from demo.tab_noise import NoiseTab
 from demo.tab_steer import SteerTab
 from demo.tab_usecases import UseCasesTab
 
-__all__ = ["build_demo", "launch_options", "QUEUE_MAX_SIZE", "TITLE"]
+__all__ = ["build_demo", "launch_options", "QUEUE_MAX_SIZE", "DELETE_CACHE", "TITLE"]
 
 TITLE = "Stable Diffusion Attention Explorer"
 QUEUE_MAX_SIZE = 32  # waiting requests; more get "queue full" instead of an endless wait
+# (every, older than) seconds: the files Gradio cached for the app (previews, maps, downloads) go once an hour old,
+# so a long class does not fill the disk; results stay downloadable for an hour.
+DELETE_CACHE = (600, 3600)
 
 
-def launch_options() -> dict:
-    """Keyword arguments for ``demo.launch`` that shape the look (Gradio 6 takes theme and CSS there)."""
-    return {"theme": theme(), "css": CSS, "footer_links": ["api", "gradio", "settings"]}
+def launch_options(delete_cache: tuple[float, float] | None = DELETE_CACHE) -> dict:
+    """Keyword arguments for ``demo.launch``: the look (Gradio 6 takes theme and CSS there), the upload limit and
+    the cache cleanup.
+
+    ``max_file_size`` makes the server refuse bigger uploads (HTTP 413; gradio_client refuses them before sending).
+    ``delete_cache`` = (every, older than) in seconds: the files Gradio cached for the app are deleted on that
+    schedule while it serves (:func:`demo.cache.cache_cleanup`), and all of them when it stops; None keeps them.
+    """
+    options = {
+        "theme": theme(),
+        "css": CSS,
+        "footer_links": ["api", "gradio", "settings"],
+        "max_file_size": MAX_FILE_SIZE,
+    }
+    if delete_cache is not None:
+        options["app_kwargs"] = {"lifespan": cache_cleanup(*delete_cache)}
+    return options
 
 
 def build_demo(engine=None) -> gr.Blocks:
@@ -63,5 +81,6 @@ def build_demo(engine=None) -> gr.Blocks:
         noise_tab.select(
             noise.on_open, noise_inputs, noise_outputs, api_visibility="undocumented", concurrency_id=MODEL_CONCURRENCY
         )
+    check_inputs(demo)  # errors name the field: "Steps must be a number from 1 to 150; got 0 ..."
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo

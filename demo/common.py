@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import math
+import shutil
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +24,12 @@ __all__ = [
     "lesson",
     "open_image",
     "export_dir",
+    "export_root",
+    "check_image_file",
+    "check_inputs",
+    "check_number",
+    "MAX_FILE_SIZE",
+    "MAX_UPLOAD_SIDE",
     "PLOT_FORMAT",
     "IMAGE_FORMAT",
 ]
@@ -30,7 +41,9 @@ PLOT_FORMAT = "png"  # matplotlib figures as PNG: crisp text, no webp artefacts
 IMAGE_FORMAT = "png"  # heat maps are data: lossless
 LESSONS_DIR = Path(__file__).resolve().parent / "lessons"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-MAX_UPLOAD_SIDE = 4096
+MAX_UPLOAD_SIDE = 4096  # pixels, longest side of an uploaded image (checked from the header, before decoding)
+MAX_FILE_SIZE = "10mb"  # the server refuses bigger uploads (launch(max_file_size=...), demo.app.launch_options)
+EXPORT_DIRS_KEPT = 64  # export folders kept on disk; Gradio serves copies from its own cache, so older ones can go
 
 CSS = """
 .gradio-container { font-size: 17px; }
@@ -97,10 +110,162 @@ def open_image(path: str | None, what: str = "image"):
                     f"{Path(path).name} is {im.size[0]} x {im.size[1]}; the largest side allowed is {MAX_UPLOAD_SIDE}."
                 )
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise gr.Error(f"{Path(path).name} could not be read as an image ({err}).") from err
+    except (UnidentifiedImageError, OSError) as err:  # the message names the server's temp path: not shown
+        raise gr.Error(
+            f"{what}: {Path(path).name} could not be read as an image ({type(err).__name__}); upload a PNG or JPEG."
+        ) from err
+
+
+class _ExportFolders:
+    """Fresh folders for one set of exports each, under one root per process; only the newest ``keep`` stay.
+
+    A handler writes its files into a folder and returns their paths; Gradio copies them into its cache before the
+    response is sent, so a folder is no longer needed once ``keep`` newer ones exist. The root goes at exit.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._root: Path | None = None
+        self._folders: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def root(self) -> Path:
+        """The process's export root (created on first use, removed at exit)."""
+        with self._lock:
+            if self._root is None or not self._root.is_dir():
+                self._root = Path(tempfile.mkdtemp(prefix="sd-explorer-"))
+                atexit.register(shutil.rmtree, self._root, True)
+            return self._root
+
+    def new(self) -> Path:
+        """A new empty folder; the oldest beyond ``keep`` are deleted."""
+        folder = Path(tempfile.mkdtemp(prefix="export-", dir=self.root()))
+        with self._lock:
+            self._folders.append(folder)
+            old = [self._folders.popleft() for _ in range(max(0, len(self._folders) - self.keep))]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+        return folder
+
+
+_EXPORTS = _ExportFolders(EXPORT_DIRS_KEPT)
 
 
 def export_dir() -> Path:
-    """A fresh folder under the system temp dir (Gradio serves files from there) for one set of exports."""
-    return Path(tempfile.mkdtemp(prefix="sd-explorer-"))
+    """A fresh folder under the system temp dir for one set of exports (the newest EXPORT_DIRS_KEPT are kept)."""
+    return _EXPORTS.new()
+
+
+def export_root() -> Path:
+    """The folder that holds every export folder of this process."""
+    return _EXPORTS.root()
+
+
+# -- input checks that name the field -------------------------------------------------------------------------------
+def _payload_files(payload) -> list:
+    """The uploaded files of an image payload (gr.Image's ImageData, or gr.ImageEditor's background and layers)."""
+    if payload is None:
+        return []
+    if getattr(payload, "path", None):
+        return [payload]
+    parts = [getattr(payload, "background", None), getattr(payload, "composite", None)]
+    parts += list(getattr(payload, "layers", None) or [])
+    return [f for f in parts if getattr(f, "path", None)]
+
+
+def check_image_file(path: str, name: str, field: str) -> None:
+    """A gr.Error naming ``field`` unless ``path`` is an image of at most MAX_UPLOAD_SIDE pixels a side.
+
+    Only the header is read, so a huge or broken file is refused before it is decoded.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise gr.Error(
+            f"{field}: {name} is not an image this app can read ({type(err).__name__}); upload a PNG, JPEG, WebP, "
+            "BMP or GIF.",
+            title="Please check the input",
+        ) from err
+    if max(size) > MAX_UPLOAD_SIDE:
+        raise gr.Error(
+            f"{field}: {name} is {size[0]} x {size[1]} pixels; the longest side allowed is {MAX_UPLOAD_SIDE}.",
+            title="Please check the input",
+        )
+
+
+def check_number(value, field: str, minimum: float | None, maximum: float | None) -> None:
+    """A gr.Error naming ``field`` and its range unless ``value`` is a finite number within it.
+
+    Gradio's own check says "Value 0 is less than minimum value 1." without the field, and lets NaN through.
+    """
+    low = "-∞" if minimum is None else f"{minimum:g}"
+    high = "∞" if maximum is None else f"{maximum:g}"
+    allowed = f"{field} must be a number from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise gr.Error(f"{allowed}; got {value!r}.", title="Please check the input")
+    if minimum is not None and value < minimum:
+        raise gr.Error(
+            f"{allowed}; got {value:g} (less than minimum value {minimum:g}).", title="Please check the input"
+        )
+    if maximum is not None and value > maximum:
+        raise gr.Error(
+            f"{allowed}; got {value:g} (greater than maximum value {maximum:g}).", title="Please check the input"
+        )
+
+
+def _checked(component, preprocess, payload):
+    """``component.preprocess(payload)`` after this app's checks; every gr.Error names the component's field."""
+    field = component.label or "input"
+    if isinstance(component, gr.Slider | gr.Number) and payload is not None:
+        check_number(payload, field, component.minimum, component.maximum)
+    for file in _payload_files(payload) if isinstance(component, gr.Image | gr.ImageEditor) else []:
+        check_image_file(file.path, Path(file.orig_name or file.path).name, field)
+    try:
+        return preprocess(payload)
+    except gr.Error as err:
+        message = str(err.message)
+        if message.startswith(field):
+            raise
+        raise gr.Error(f"{field}: {message}", title="Please check the input") from err
+    except (OSError, ValueError) as err:  # e.g. an image whose header was fine but whose data is truncated
+        if not isinstance(component, gr.Image | gr.ImageEditor):
+            raise
+        raise gr.Error(
+            f"{field}: the upload could not be decoded ({type(err).__name__}); upload a PNG, JPEG or WebP.",
+            title="Please check the input",
+        ) from err
+
+
+CHECKED_INPUTS = (gr.Slider, gr.Number, gr.Image, gr.ImageEditor, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
+
+
+def check_inputs(blocks: gr.Blocks) -> int:
+    """Give every input component of ``blocks`` checks whose errors name the field; returns how many.
+
+    Sliders and numbers refuse NaN, infinities and values out of range with "<label> must be a number from A to B";
+    image inputs refuse files that are not images, or larger than MAX_UPLOAD_SIDE, before Gradio decodes them (it
+    would fail with a generic "the app raised an exception"); Gradio's own errors (a choice not in a dropdown) get
+    the label in front. Gradio has no hook before its preprocessing, and a component subclass makes Gradio write a
+    ``.pyi`` stub next to its module, so each instance's ``preprocess`` is wrapped. A ``gr.update`` of a component's
+    properties rebuilds it for that session without the wrapper (the Denoise tab's step slider and head/layer menus):
+    Gradio's own checks still apply there, and those handlers check the values again.
+    """
+    count = 0
+    for block in blocks.blocks.values():
+        if isinstance(block, CHECKED_INPUTS) and not getattr(block.preprocess, "checked", False):
+            block.preprocess = _checked_preprocess(block)
+            count += 1
+    return count
+
+
+def _checked_preprocess(component):
+    preprocess = component.preprocess
+
+    def checked(payload):
+        return _checked(component, preprocess, payload)
+
+    checked.checked = True
+    return checked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from urllib.parse import urlencode
 
@@ -40,6 +41,25 @@ FUNCTION_WORDS = ("a", "an", "the", "and", "on", "at", "in", "of")  # hidden by 
 RECENT_RESULTS = 4  # preset results kept for the restore step (a few MB each on the embedded model)  # Stop must not wait behind the run it stops
 
 
+def _number(value, name: str) -> float:
+    """``value`` as a finite float, or a gr.Error naming the field (NaN and infinities are not numbers here)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise gr.Error(f"{name} must be a finite number (got {value!r}).", title="Please check the input")
+    return number
+
+
+def _whole(value, name: str) -> int:
+    """``value`` as an int, or a gr.Error naming the field when it is not a whole number."""
+    number = _number(value, name)
+    if not number.is_integer():
+        raise gr.Error(f"{name} must be a whole number (got {value}).", title="Please check the input")
+    return int(number)
+
+
 def _fmt_shape(*dims: int) -> str:
     return "[" + " × ".join(str(d) for d in dims) + "]"
 
@@ -49,29 +69,25 @@ class AttendTab:
 
     def __init__(self, engine):
         self.engine = engine
-        self._stops: dict[str, threading.Event] = {}  # session -> stop flag of its running generation
+        self._stops: dict[str, tuple[threading.Event, object]] = {}  # session -> (stop flag, RunProgress) of its run
         self._stops_lock = threading.Lock()
         self._recent: dict = {}  # request -> result of preset runs, so a preset's restore need not run it twice
         self._recent_lock = threading.Lock()
 
     # -- generation -------------------------------------------------------------------------------------------------
     def _request(self, prompt, negative, seed, steps, guidance, scheduler, height=None, width=None):
+        """The request from the form's values; every field is checked again by ``GenerationRequest.validate``."""
         from explain.session import GenerationRequest
-
-        def whole(value, name):
-            if value is None or float(value) != int(float(value)):
-                raise gr.Error(f"{name} must be a whole number (got {value}).")
-            return int(float(value))
 
         return GenerationRequest(
             prompt=prompt or "",
             negative=negative or "",
-            seed=whole(seed, "seed"),
-            steps=whole(steps, "steps"),
-            guidance=float(guidance),
+            seed=_whole(seed, "seed"),
+            steps=_whole(steps, "steps"),
+            guidance=_number(guidance, "guidance"),
             scheduler=scheduler or "default",
-            height=int(height) if height else None,
-            width=int(width) if width else None,
+            height=_whole(height, "height") if height else None,
+            width=_whole(width, "width") if width else None,
         )
 
     def generate(
@@ -88,18 +104,23 @@ class AttendTab:
         progress=gr.Progress(),  # noqa: B008  (Gradio injects the tracker through this default)
     ):
         """Stream x̂₀ previews while denoising; finish with the image, the word maps and the film."""
-        from explain.session import StepUpdate, generate_stream
+        from explain.session import RunProgress, StepUpdate, generate_stream
 
         req = self._request(prompt, negative, seed, steps, guidance, scheduler, height, width)
         pipe = self.engine.pipeline()
         with user_errors():
             req.validate(pipe)
-        stop = threading.Event()
+        stop, run = threading.Event(), RunProgress()
         session = getattr(request, "session_hash", None) or "local"
         with self._stops_lock:
-            self._stops[session] = stop
-        skip = [gr.skip()] * 8
-        stream = generate_stream(pipe, req, stop, lock=self.engine.lock, preview=self.engine.latent_preview())
+            self._stops[session] = (stop, run)
+        # While it runs: the previous run's maps, pair and film are cleared (they belong to the previous picture).
+        # A value, not gr.skip(): Gradio rebuilds a component per session on every skip, and the files of a rebuilt
+        # component escape delete_cache (they would pile up in the cache folder for the whole class).
+        during = (gr.skip(), None, None, None, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        stream = generate_stream(
+            pipe, req, stop, lock=self.engine.lock, preview=self.engine.latent_preview(), progress=run
+        )
         try:
             with user_errors():
                 for item in stream:
@@ -110,7 +131,7 @@ class AttendTab:
                             f"Step **{item.step + 1} / {item.total}** (t = {item.timestep:.0f}), "
                             f"{item.elapsed:.1f} s. Showing the {what}."
                         )
-                        yield (item.preview, status, *skip)
+                        yield (item.preview, status, *during)
                     else:
                         yield self._finish(item)
         finally:
@@ -118,7 +139,7 @@ class AttendTab:
             # A run that ended on its own is forgotten; a stopped or cancelled one stays until the session's next
             # run, so a Stop that arrives after the cancel still answers that the run is stopping.
             with self._stops_lock:
-                if self._stops.get(session) is stop and not stop.is_set():
+                if self._stops.get(session, (None,))[0] is stop and not stop.is_set():
                     del self._stops[session]
 
     def _finish(self, result) -> tuple:
@@ -142,21 +163,31 @@ class AttendTab:
             self._gallery(view),
             self._film_pair(result, last),
             str(film),
-            gr.update(maximum=last, value=last),
+            # a slider needs minimum < maximum: a one-step run gets 0..1, fixed at 0
+            gr.update(maximum=max(last, 1), value=last, interactive=last > 0),
             gr.update(choices=[str(h) for h in range(heads)], value=[]),
             gr.update(choices=layers, value=layers[0]),
             self.qkv(result, layers[0]),
         )
 
+    def progress(self, session: str):
+        """The live :class:`explain.session.RunProgress` of a session's running run, or of its last stopped or
+        cancelled one (None when there is none)."""
+        with self._stops_lock:
+            entry = self._stops.get(session)
+        return None if entry is None else entry[1]
+
     def stop(self, request: gr.Request) -> str:
-        """Ask this session's running generation to stop after the current step."""
+        """Ask this session's running generation to stop after the current step (and say which step that is)."""
         session = getattr(request, "session_hash", None) or "local"
         with self._stops_lock:
-            event = self._stops.get(session)
-        if event is None:
+            entry = self._stops.get(session)
+        if entry is None:
             return "Nothing is running."
+        event, run = entry
         event.set()
-        return "⏹ Stopped: the run ends after the current step. Press **Generate** to run again."
+        where = f" (step {run.steps_done + 1} of {run.total})" if run.total else " (before the first step)"
+        return f"⏹ Stopped: the run ends after the current step{where}. Press **Generate** to run again."
 
     # -- exploring a result -----------------------------------------------------------------------------------------
     @staticmethod
@@ -170,13 +201,16 @@ class AttendTab:
     ):
         from explain.session import word_maps
 
+        # step and heads are re-checked here: a generation rebuilds their components (new range, new choices)
+        steps = None if all_steps or step is None else [_whole(step, "step")]
+        head_list = [_whole(h, "head") for h in heads] if heads else None
         with user_errors():
             return word_maps(
                 result,
-                steps=None if all_steps or step is None else [int(step)],
+                steps=steps,
                 parts=parts or None,
                 downsamples=[int(d) for d in downsamples] if downsamples else None,
-                heads=[int(h) for h in heads] if heads else None,
+                heads=head_list,
                 normalization=normalization or "minmax",
                 threshold=float(threshold) if threshold else None,
                 skip_words=FUNCTION_WORDS if content_only else (),

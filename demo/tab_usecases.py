@@ -11,7 +11,7 @@ import threading
 import gradio as gr
 import numpy as np
 
-from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, open_image, user_errors
+from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, user_errors
 
 __all__ = ["UseCasesTab", "world_sample", "editor_mask"]
 
@@ -53,35 +53,25 @@ def world_sample(seed: int = SAMPLE_SEED) -> tuple[np.ndarray, str]:
     return scene.image, scene.caption
 
 
-def _array(image) -> np.ndarray | None:
-    if image is None:
-        return None
-    if isinstance(image, str):
-        return np.asarray(open_image(image))
-    return np.asarray(image)
+def editor_mask(value) -> tuple[object, np.ndarray, tuple[str, ...]]:
+    """(background image, fill mask (H, W) uint8 0/255, notes) from a gr.ImageMask value.
 
+    Every layer is read as a mask (:func:`explain.usecases.inputs.union_mask`): white strokes on a transparent layer
+    (what the brush paints) or an uploaded black-and-white mask (white = fill, diffusers' convention) mark the region
+    to fill. A layer of another size is resized when its aspect ratio matches; otherwise the error says so.
+    """
+    from explain.usecases.inputs import to_rgb, union_mask
 
-def editor_mask(value) -> tuple[np.ndarray, np.ndarray]:
-    """(background RGB, mask uint8 0/255) from a gr.ImageEditor value: painted pixels of any layer are the mask."""
     if not isinstance(value, dict) or value.get("background") is None:
         raise gr.Error("No image given: upload one or load the world sample, then paint the region to fill.")
-    background = _array(value["background"])
-    if background.ndim == 3 and background.shape[2] == 4:
-        background = background[..., :3]
-    if background.ndim == 2:
-        background = np.stack([background] * 3, axis=-1)
-    mask = np.zeros(background.shape[:2], bool)
-    for layer in value.get("layers") or []:
-        arr = _array(layer)
-        if arr is None:
-            continue
-        if arr.shape[:2] != mask.shape:
-            from PIL import Image
-
-            arr = np.asarray(Image.fromarray(arr).resize(mask.shape[::-1], Image.Resampling.NEAREST))
-        painted = arr[..., 3] > 0 if arr.ndim == 3 and arr.shape[2] == 4 else arr.reshape(*mask.shape, -1).max(-1) > 0
-        mask |= painted
-    return np.ascontiguousarray(background, dtype=np.uint8), mask.astype(np.uint8) * 255
+    background = value["background"]  # PIL image, array or path: the library converts it, with notes
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    with user_errors():
+        size = to_rgb(background)[0].size
+        if not layers:
+            raise ValueError("mask is empty (nothing painted): paint the region to fill, white marks it.")
+        mask, notes = union_mask(layers, size)
+    return background, mask.astype(np.uint8) * 255, notes
 
 
 class UseCasesTab:
@@ -173,7 +163,7 @@ class UseCasesTab:
         pipe = self.task_pipeline("upscale")
         with user_errors(), self.engine.lock:
             result = upscale(
-                np.asarray(image),
+                image,
                 prompt or "",
                 pipe=pipe,
                 seed=int(seed),
@@ -202,7 +192,7 @@ class UseCasesTab:
         pipe = self.task_pipeline("img2img")
         with user_errors(), self.engine.lock:
             result = stylize(
-                np.asarray(image),
+                image,
                 list(styles or []),
                 prompt or None,
                 pipe=pipe,
@@ -231,13 +221,14 @@ class UseCasesTab:
         """Fill the painted region: returns (mask, raw output, result, layout figure, word maps, summary)."""
         from explain.usecases import inpaint
 
-        background, mask = editor_mask(editor)
+        background, mask, notes = editor_mask(editor)
         steps = self._steps(steps)
         pipe = self.task_pipeline("inpaint", mode=mode)
         with user_errors(), self.engine.lock:
             result = inpaint(background, mask, prompt or "", pipe=pipe, seed=int(seed), steps=steps)
         mask_image = result.mask.astype(np.uint8) * 255
         extra = f"Mode **{result.mode}**; {int(result.mask.sum())} pixels filled, the rest kept exactly."
+        extra += "".join(f"\n- {note}" for note in notes if note not in result.notes)
         return (
             mask_image,
             result.raw,
@@ -257,7 +248,7 @@ class UseCasesTab:
         pipe = self.task_pipeline("inpaint", mode=mode)
         with user_errors(), self.engine.lock:
             result = outpaint(
-                np.asarray(image),
+                image,
                 prompt or "",
                 pipe=pipe,
                 left=int(left),
@@ -320,6 +311,9 @@ class UseCasesTab:
 
     @staticmethod
     def _big(label: str, elem_id: str, interactive: bool = False, **kwargs) -> gr.Image:
+        """A large image view. An input one hands uploads over in their own mode (16-bit, RGBA...): the library
+        converts them and says so in the notes (unreadable files are refused by ``demo.common.check_inputs``)."""
+        options = {"type": "pil", "image_mode": None} if interactive else {"type": "numpy"}
         return gr.Image(
             label=label,
             elem_id=elem_id,
@@ -327,7 +321,7 @@ class UseCasesTab:
             format=IMAGE_FORMAT,
             height=320,
             interactive=interactive,
-            type="numpy",
+            **options,
             **kwargs,
         )
 
@@ -448,7 +442,8 @@ class UseCasesTab:
                 editor = gr.ImageMask(
                     value={"background": sample_image, "layers": [], "composite": sample_image},
                     label="Paint the region to fill (white brush)",
-                    type="numpy",
+                    type="pil",
+                    image_mode=None,  # uploads keep their mode (16-bit, grayscale): the library converts, with notes
                     format=IMAGE_FORMAT,
                     brush=gr.Brush(default_size=8, colors=["#ffffff"], color_mode="fixed"),
                     height=360,

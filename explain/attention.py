@@ -30,7 +30,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from explain.cross_attention import Branch, CrossAttentionSwap, attention_probs, cond_rows, prepare_inputs
+from explain.cross_attention import (
+    Branch,
+    CrossAttentionSwap,
+    attention_probs,
+    cond_rows,
+    mirrors_sdpa,
+    prepare_inputs,
+    probs_from_qk,
+    sdpa_with_qk,
+)
 
 __all__ = ["Branch", "CapturedAttention", "AttentionRecorder", "compose_callbacks"]
 
@@ -110,8 +119,27 @@ def _feature_hw(latent_hw: tuple[int, int], n: int) -> tuple[int, int]:
     return h, w
 
 
+@dataclass(frozen=True, eq=False)
+class _Deferred:
+    """One call's recorded rows of Q (B, heads, N, d) and K (B, heads, T, d), turned into maps later in bulk."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scale: float
+
+    @property
+    def nbytes(self) -> int:  # the storage kept alive (q and k are views into the layer's full-batch tensors)
+        return self.q.untyped_storage().nbytes() + self.k.untyped_storage().nbytes()
+
+
 class _CaptureProcessor:
-    """Runs the original processor for the output; records softmax(Q Kᵀ · scale) on the side."""
+    """Computes the layer output exactly as the original processor; records softmax(Q Kᵀ · scale) on the side.
+
+    For diffusers' default ``AttnProcessor2_0`` the output comes from :func:`sdpa_with_qk` (the same ops, so the
+    same bits) and the recorded rows' Q and K are kept; the probabilities of many calls are then computed in one
+    batched product (:meth:`AttentionRecorder._materialize`), which on small layers costs a fraction of one product
+    per call. Any other processor runs itself and the probabilities are computed from the layer's inputs at once.
+    """
 
     def __init__(self, original, name: str, recorder: AttentionRecorder):
         self.original = original
@@ -119,6 +147,11 @@ class _CaptureProcessor:
         self.recorder = recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if mirrors_sdpa(self.original, attention_mask, kwargs):
+            out, query, key = sdpa_with_qk(attn, hidden_states, encoder_hidden_states, temb)
+            rows = cond_rows(self.recorder.pipe, hidden_states.shape[0], self.recorder.branch)
+            self.recorder._defer(self.name, attn, query[rows].detach(), key[rows].detach())
+            return out
         if temb is not None:
             kwargs["temb"] = temb
         out = self.original(
@@ -149,6 +182,8 @@ class AttentionRecorder:
             (use the largest over a batch of prompts). ``None`` keeps all key columns.
         height: Image height hint in pixels (used only without the callback).
         width: Image width hint in pixels (used only without the callback).
+        work_bytes: Q/K of closed steps are turned into maps once the probabilities they make would exceed this
+            many bytes (and at :meth:`result`): a whole small-model run at once, about a step at a time for SD.
     """
 
     def __init__(
@@ -161,8 +196,10 @@ class AttentionRecorder:
         token_count: int | None = None,
         height: int | None = None,
         width: int | None = None,
+        work_bytes: int = 64 * 2**20,
     ):
         self.pipe = pipe
+        self.work_bytes = work_bytes
         self.branch = Branch(branch)
         self.per_head = per_head
         self.store_dtype = store_dtype
@@ -175,12 +212,15 @@ class AttentionRecorder:
         self._latent_hw: tuple[int, int] = latent_hw
         self._swap = CrossAttentionSwap(pipe.unet, lambda name, original: _CaptureProcessor(original, name, self))
         self._layers: list[str] = []  # attn2 layer names, filled on first use, execution order
-        self._pending: dict[str, list[torch.Tensor]] = {}  # calls since the last callback, flat (B, [H,] T, N)
-        self._open: dict[str, list[torch.Tensor]] = {}  # calls of the step not yet closed
+        # A call is a flat (B, [H,] T, N) map or a _Deferred Q/K pair.
+        self._pending: dict[str, list[torch.Tensor | _Deferred]] = {}  # calls since the last callback
+        self._open: dict[str, list[torch.Tensor | _Deferred]] = {}  # calls of the step not yet closed
+        self._closed: dict[str, list[list[torch.Tensor | _Deferred]]] = {}  # closed steps' calls, not yet maps
+        self._closed_work = 0  # bytes the probabilities of the _Deferred calls in _closed will take
         self._open_step: int | None = None
         self._open_timestep = math.nan
         self._saw_callback = False
-        self._steps: dict[str, list[torch.Tensor]] = {}  # closed steps, stored form
+        self._steps: dict[str, list[torch.Tensor]] = {}  # stored maps, chunks of (steps, B, [H,] T, h, w)
         self._resolutions: dict[str, tuple[int, int]] = {}
         self._timesteps: list[float] = []
         self._calls: list[int] = []
@@ -203,21 +243,38 @@ class AttentionRecorder:
             attn, hidden_states[rows], encoder_hidden_states[rows], None if temb is None else temb[rows]
         )
         mask = None if attention_mask is None else attention_mask[rows]
-        probs = attention_probs(attn, prepared.hidden_states, prepared.context, mask)  # (B, heads, N, T)
-        t = probs.shape[-1]
+        self._store(name, attention_probs(attn, prepared.hidden_states, prepared.context, mask))
+
+    def _columns(self, t: int) -> int:
         tokens = t if self.token_count is None else self.token_count
         if tokens > t:
             raise ValueError(f"token_count={tokens} but the layer has only {t} keys")
-        probs = probs[..., :tokens]  # (B, heads, N, tokens)
+        return tokens
+
+    def _flatten(self, probs: torch.Tensor) -> torch.Tensor:
+        """(..., heads, N, T) probabilities -> (..., [heads,] tokens, N): token columns kept, heads averaged."""
+        probs = probs[..., : self._columns(probs.shape[-1])]  # (..., heads, N, tokens)
         if not self.per_head:
-            probs = probs.mean(dim=1)  # (B, N, tokens)
-        flat = probs.transpose(-1, -2).to("cpu", self.store_dtype)  # (B, [heads,] tokens, N)
+            probs = probs.mean(dim=-3)  # (..., N, tokens)
+        return probs.transpose(-1, -2)
+
+    def _add_call(self, name: str, call: torch.Tensor | _Deferred) -> None:
         if name not in self._pending:
             self._pending[name] = []
             if name not in self._layers:
                 self._layers.append(name)
-        self._pending[name].append(flat)
+        self._pending[name].append(call)
         self._result = None
+
+    @torch.no_grad()
+    def _store(self, name: str, probs: torch.Tensor) -> None:
+        """Keep the token columns of ``probs`` (B, heads, N, T), head-averaged unless per head, until the step closes."""
+        self._add_call(name, self._flatten(probs).to("cpu", self.store_dtype))  # (B, [heads,] tokens, N)
+
+    def _defer(self, name: str, attn, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Keep one call's Q (B, heads, N, d) and K (B, heads, T, d); maps are made in bulk later."""
+        self._columns(k.shape[-2])  # a bad token_count fails now, not at the end
+        self._add_call(name, _Deferred(q, k, attn.scale))
 
     def callback_on_step_end(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         """Pipeline callback: closes the U-Net calls of step ``step_index // pipe.scheduler.order``."""
@@ -237,30 +294,68 @@ class AttentionRecorder:
         return callback_kwargs
 
     def _close_step(self) -> None:
-        """Average a step's calls per layer, reshape to (h, w), pool, store."""
+        """Move the open step's calls to the closed steps; turn them into maps when enough have gathered."""
         if not self._open:
             self._open_step = None
             return
         n_calls = {len(calls) for calls in self._open.values()}
         for name, calls in self._open.items():
-            mean = torch.stack(calls).float().mean(dim=0)  # (B, [heads,] tokens, N)
-            h, w = _feature_hw(self._latent_hw, mean.shape[-1])
-            grid = mean.unflatten(-1, (h, w))  # (B, [heads,] tokens, h, w)
+            self._closed.setdefault(name, []).append(calls)
+            for call in calls:
+                if isinstance(call, _Deferred):
+                    b, heads, n, _ = call.q.shape
+                    self._closed_work += 4 * b * heads * n * call.k.shape[-2] + call.nbytes
+        self._timesteps.append(self._open_timestep)
+        self._calls.append(max(n_calls))
+        self._open, self._open_step, self._open_timestep = {}, None, math.nan
+        if self._closed_work > self.work_bytes:
+            self._materialize()
+
+    @torch.no_grad()
+    def _materialize(self) -> None:
+        """Closed steps -> stored maps: deferred calls in one batched softmax(Q Kᵀ · scale) per layer, then each
+        step's calls averaged, reshaped to (h, w), pooled and stored."""
+        for name, steps in self._closed.items():
+            calls = [call for step in steps for call in step]
+            deferred = [i for i, call in enumerate(calls) if isinstance(call, _Deferred)]
+            if deferred:
+                q = torch.stack([calls[i].q for i in deferred])  # (M, B, heads, N, d)
+                k = torch.stack([calls[i].k for i in deferred])  # (M, B, heads, T, d)
+                probs = probs_from_qk(q, k, calls[deferred[0]].scale)  # (M, B, heads, N, T)
+                flat = self._flatten(probs)  # (M, B, [heads,] tokens, N)
+                for j, i in enumerate(deferred):
+                    calls[i] = flat[j]
+            counts = {len(step) for step in steps}
+            if len(deferred) == len(calls) and counts == {1}:
+                per_step = flat  # (S, B, [heads,] tokens, N): one call per step, nothing to average
+            elif len(counts) == 1:  # e.g. Heun: the same number of calls in every step
+                per_step = torch.stack([c.float() for c in calls]).unflatten(0, (len(steps), counts.pop())).mean(1)
+            else:
+                at, means = 0, []
+                for step in steps:
+                    means.append(torch.stack([c.float() for c in calls[at : at + len(step)]]).mean(0))
+                    at += len(step)
+                per_step = torch.stack(means)
+            h, w = _feature_hw(self._latent_hw, per_step.shape[-1])
+            grid = per_step.float().unflatten(-1, (h, w))  # (S, B, [heads,] tokens, h, w)
             if self.max_resolution is not None and max(h, w) > self.max_resolution:
                 ratio = self.max_resolution / max(h, w)
                 size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
                 grid = F.adaptive_avg_pool2d(grid.flatten(0, -3), size).unflatten(0, grid.shape[:-2])
             self._resolutions[name] = (h, w)
-            self._steps.setdefault(name, []).append(grid.to(self.store_dtype))
-        self._timesteps.append(self._open_timestep)
-        self._calls.append(max(n_calls))
-        self._open, self._open_step, self._open_timestep = {}, None, math.nan
+            chunk = grid.to("cpu", self.store_dtype, memory_format=torch.contiguous_format)  # a chunk of steps
+            self._steps.setdefault(name, []).append(chunk)
+        self._closed, self._closed_work = {}, 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes held so far (closed steps plus buffered calls)."""
-        held = [t for group in (self._steps, self._open, self._pending) for calls in group.values() for t in calls]
-        return sum(t.numel() * t.element_size() for t in held)
+        """Bytes held so far (stored steps plus buffered calls and Q/K)."""
+        calls = [c for group in (self._open, self._pending) for cs in group.values() for c in cs]
+        calls += [c for steps in self._closed.values() for step in steps for c in step]
+        held = [t for ts in self._steps.values() for t in ts]
+        return sum(t.numel() * t.element_size() for t in held) + sum(
+            c.nbytes if isinstance(c, _Deferred) else c.numel() * c.element_size() for c in calls
+        )
 
     def result(self) -> CapturedAttention:
         """Close the last step and return the maps (computed once, cached)."""
@@ -275,10 +370,14 @@ class AttentionRecorder:
                 self._open = {name: calls[i : i + 1] for name, calls in self._pending.items() if len(calls) > i}
                 self._close_step()
             self._pending = {}
+        self._materialize()
         if not self._steps:
             raise RuntimeError("nothing was recorded: run the pipeline inside the `with AttentionRecorder(...)` block")
-        maps = {name: torch.stack(self._steps[name]) for name in self._layers}  # (steps, B, [heads,] T, h, w)
-        self._steps = {name: list(maps[name].unbind(0)) for name in self._layers}  # views: no second copy kept
+        chunks = {name: self._steps[name] for name in self._layers}
+        maps = {
+            name: c[0] if len(c) == 1 else torch.cat(c) for name, c in chunks.items()
+        }  # (steps, B, [heads,] T, h, w)
+        self._steps = {name: [maps[name]] for name in self._layers}  # no second copy kept
         scale = self.pipe.vae_scale_factor
         self._result = CapturedAttention(
             maps=maps,

@@ -5,6 +5,9 @@
 - :func:`cond_rows`: which rows of the U-Net batch belong to a classifier-free-guidance branch.
 - :func:`prepare_inputs` / :func:`attention_probs`: ``AttnProcessor2_0``'s preprocessing written out, so the
   attention probabilities softmax(Q Kᵀ · scale) (Vaswani et al. 2017, eq. 1) can be computed explicitly.
+- :func:`sdpa_with_qk`: ``AttnProcessor2_0`` itself, op for op (so its output is bit-identical), also handing back
+  Q and K, so a recorder gets the probabilities without projecting the inputs a second time
+  (:func:`probs_from_qk`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 __all__ = [
     "Branch",
@@ -23,6 +28,9 @@ __all__ = [
     "prepare_inputs",
     "split_heads",
     "attention_probs",
+    "probs_from_qk",
+    "mirrors_sdpa",
+    "sdpa_with_qk",
 ]
 
 
@@ -149,9 +157,70 @@ def attention_probs(attn, hidden_states, context, attention_mask=None) -> torch.
         q = attn.norm_q(q)
     if attn.norm_k is not None:
         k = attn.norm_k(k)
-    scores = q.float() @ k.float().transpose(-1, -2) * attn.scale  # (B, heads, N, T)
+    mask = None
     if attention_mask is not None:
         b, t = context.shape[0], context.shape[1]
         mask = attn.prepare_attention_mask(attention_mask, t, b).view(b, attn.heads, -1, t)
+    return probs_from_qk(q, k, attn.scale, mask)
+
+
+def probs_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q Kᵀ · scale (+ mask)) in float32: (..., N, d) x (..., T, d) -> (..., N, T)."""
+    scores = q.float() @ (k.float() * scale).transpose(-1, -2)  # (..., N, T); K is the small side to scale
+    if mask is not None:
         scores = scores + mask.float()
     return scores.softmax(dim=-1)
+
+
+def mirrors_sdpa(processor, attention_mask, kwargs: dict) -> bool:
+    """Whether :func:`sdpa_with_qk` reproduces ``processor`` exactly for this call.
+
+    True for diffusers' default ``AttnProcessor2_0`` (exactly that class, not a subclass) without an attention
+    mask or extra arguments; anything else (IP-Adapter, xformers, custom processors) must run itself.
+    """
+    return type(processor) is AttnProcessor2_0 and attention_mask is None and not kwargs
+
+
+def sdpa_with_qk(
+    attn, hidden_states, encoder_hidden_states, temb=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``AttnProcessor2_0.__call__`` (diffusers 0.42, no attention mask) op for op, keeping Q and K.
+
+    The output is bitwise what the processor returns (tested: images with capture on equal those with it off).
+
+    Returns:
+        (output like the processor's, query (B, heads, N, d), key (B, heads, T, d)).
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch_size, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    batch_size = context.shape[0]
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)  # (B, N, inner)
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    key = attn.to_k(context)  # (B, T, inner)
+    value = attn.to_v(context)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+    out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)  # (B, N, inner)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(batch_size, channel, height, width)
+    if attn.residual_connection:
+        out = out + residual
+    out = out / attn.rescale_output_factor
+    return out, query, key

@@ -162,7 +162,9 @@ class FilmRecorder:
     """Collect one frame per denoising step through ``callback_on_step_end``.
 
     Pass ``film.callback_on_step_end`` to the pipeline (with ``latents`` among the callback tensor inputs, the
-    default). Frames are decoded lazily by :meth:`frames`, or at once when ``on_frame`` is given (streaming).
+    default). Frames are decoded lazily by :meth:`frames`, in batches (one VAE call decodes several frames, which
+    costs far less than one call per frame); with ``on_frame`` every ``stream_every``-th frame (and the last) is
+    decoded at once and handed over (streaming), and is not decoded again by :meth:`frames`.
 
     Args:
         pipe: A Stable Diffusion (XL) pipeline.
@@ -173,7 +175,8 @@ class FilmRecorder:
         initial_latents: The unit noise passed to the pipeline as ``latents=`` (:func:`initial_noise`), so the
             first step's x̂₀ can be inverted too.
         preview: A fitted :class:`LatentPreview` to reuse; fitted on first need otherwise.
-        on_frame: Called with each decoded frame as it is recorded.
+        on_frame: Called with each streamed frame as it is recorded.
+        stream_every: Stream every ``stream_every``-th kept frame (the last one always).
     """
 
     def __init__(
@@ -184,9 +187,10 @@ class FilmRecorder:
         initial_latents: torch.Tensor | None = None,
         preview: LatentPreview | None = None,
         on_frame: Callable[[FilmFrame], None] | None = None,
+        stream_every: int = 1,
     ):
-        if every < 1:
-            raise ValueError("every must be >= 1")
+        if every < 1 or stream_every < 1:
+            raise ValueError("every and stream_every must be >= 1")
         if decode not in ("preview", "vae", "auto"):
             raise ValueError(f"decode must be 'preview', 'vae' or 'auto', not {decode!r}")
         self.pipe = pipe
@@ -194,10 +198,11 @@ class FilmRecorder:
         self.decode = decode
         self.preview = preview
         self.on_frame = on_frame
+        self.stream_every = stream_every
         self._initial = initial_latents
         self._prev: torch.Tensor | None = None
         self._raw: list[tuple[int, float, torch.Tensor, torch.Tensor | None]] = []
-        self._frames: list[FilmFrame] | None = None
+        self._decoded: dict[int, FilmFrame] = {}  # index into _raw -> frame (streamed or decoded by frames())
 
     def callback_on_step_end(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         """Pipeline callback: record x_{t-1} and x̂₀ of this step."""
@@ -217,9 +222,10 @@ class FilmRecorder:
         if step % self.every == 0 or step_index == last_index:
             entry = (step, float(timestep), latents.detach().float().cpu(), None if x0 is None else x0.cpu())
             self._raw.append(entry)
-            self._frames = None
-            if self.on_frame is not None:
-                self.on_frame(self._decode(*entry))
+            kept = len(self._raw) - 1
+            if self.on_frame is not None and (kept % self.stream_every == 0 or step_index == last_index):
+                self._decoded[kept] = self._decode([entry])[0]
+                self.on_frame(self._decoded[kept])
         return callback_kwargs
 
     @torch.no_grad()
@@ -239,12 +245,22 @@ class FilmRecorder:
         small = self.preview(latents)  # (B, h, w, 3)
         return small.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest upsampling to image size
 
-    def _decode(self, step, timestep, latents, x0) -> FilmFrame:
-        shown = latents if x0 is None else x0
-        return FilmFrame(step, timestep, latents, x0, self._to_rgb(shown), "latents" if x0 is None else "x0")
+    def _decode(self, entries: list[tuple[int, float, torch.Tensor, torch.Tensor | None]]) -> list[FilmFrame]:
+        """Frames of ``entries`` (step, timestep, x_t, x̂₀ or None), decoded together in one call."""
+        shown = [latents if x0 is None else x0 for _, _, latents, x0 in entries]  # each (B, C, h, w)
+        rgb = self._to_rgb(torch.cat(shown))  # (n * B, H, W, 3)
+        frames, at = [], 0
+        for (step, timestep, latents, x0), part in zip(entries, shown, strict=True):
+            image = rgb[at : at + part.shape[0]]
+            at += part.shape[0]
+            frames.append(FilmFrame(step, timestep, latents, x0, image, "latents" if x0 is None else "x0"))
+        return frames
 
-    def frames(self) -> list[FilmFrame]:
-        """All recorded frames, decoded (cached)."""
-        if self._frames is None:
-            self._frames = [self._decode(*entry) for entry in self._raw]
-        return self._frames
+    def frames(self, batch: int = 8) -> list[FilmFrame]:
+        """All recorded frames, decoded ``batch`` at a time (cached; streamed frames are reused)."""
+        todo = [i for i in range(len(self._raw)) if i not in self._decoded]
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            for i, frame in zip(chunk, self._decode([self._raw[i] for i in chunk]), strict=True):
+                self._decoded[i] = frame
+        return [self._decoded[i] for i in range(len(self._raw))]

@@ -34,6 +34,8 @@ import torch
 
 __all__ = [
     "read_model_index",
+    "check_model_index",
+    "check_safetensors",
     "offline_message",
     "SCHEDULERS",
     "scheduler_class",
@@ -71,6 +73,9 @@ def scheduler_class(name: str):
 EXPLORER_SETTINGS = "explorer.json"  # optional per-model defaults (guidance, steps) in a model directory
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-shapes-sd"
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# Libraries a model_index.json component may come from: anything else would be a module of custom code.
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.load / pickle formats: loading them can run code
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -191,6 +196,50 @@ def read_model_index(model: str) -> tuple[dict, str, bool]:
     return json.loads(Path(index_file).read_text()), model, offline
 
 
+def _is_diffusers_pipeline_module(library: str) -> bool:
+    """True for diffusers' own pipeline sub-packages (SD 1.x names its safety checker ``["stable_diffusion", ...]``)."""
+    import importlib.util
+
+    return library.isidentifier() and importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
+
+
+def check_model_index(index: dict, model: str) -> None:
+    """ModelLoadError unless every component of a model_index.json comes from diffusers or transformers.
+
+    A component naming another module (``["my_unet", "MyUNet"]``) would be custom code from the model's folder;
+    this app never runs it (no ``trust_remote_code``, no ``custom_pipeline``).
+    """
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list | tuple) or len(spec) != 2 or spec[0] is None:
+            continue
+        library = str(spec[0])
+        if library not in COMPONENT_LIBRARIES and not _is_diffusers_pipeline_module(library):
+            raise ModelLoadError(
+                f"{model!r}: component {name!r} is {library}.{spec[1]}, custom code outside diffusers and "
+                "transformers; this app never loads remote or custom code (no trust_remote_code, no custom "
+                "pipelines). Use a standard StableDiffusionPipeline or StableDiffusionXLPipeline directory."
+            )
+
+
+def check_safetensors(path: str | Path) -> None:
+    """ModelLoadError when a local model folder (or one of its component folders) has pickle weights only.
+
+    Weights are loaded from ``*.safetensors`` only: unpickling a ``.bin`` / ``.ckpt`` can run arbitrary code.
+    """
+    root = Path(path)
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        files = [f for f in folder.iterdir() if f.is_file()]
+        pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(f.suffix == ".safetensors" for f in files):
+            where = folder.relative_to(root) if folder != root else Path(".")
+            raise ModelLoadError(
+                f"{str(root)!r} has only pickle weights in {where}/ ({', '.join(sorted(pickles))}): this app loads "
+                "safetensors only, because unpickling a file can run code. Convert it where you trust the file "
+                "(DiffusionPipeline.from_pretrained(DIR).save_pretrained(NEW_DIR) writes safetensors) and pass "
+                "the new folder."
+            )
+
+
 def load_pipeline(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
     """Load a Stable Diffusion pipeline (see the module docstring for the accepted ``model`` values).
 
@@ -214,6 +263,9 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     class_name = index.get("_class_name")
     if class_name not in SUPPORTED_PIPELINES:
         raise ModelLoadError(f"{model or source!r} is a {class_name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    check_model_index(index, model or source)
+    if Path(source).is_dir():
+        check_safetensors(source)
     kwargs = {}
     if "safety_checker" in index and (index["safety_checker"] is None or index["safety_checker"][0] is None):
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # none shipped: no warning about it
@@ -225,6 +277,8 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     except OSError as err:
         if local_only and model is not None and not Path(model).expanduser().exists():
             raise ModelLoadError(offline_message(model, f"some files are not in the local cache ({err})")) from err
+        raise ModelLoadError(f"cannot load {model or source!r} (safetensors weights only): {err}") from err
+    except ValueError as err:  # diffusers refusing a component it cannot load without running custom code
         raise ModelLoadError(f"cannot load {model or source!r}: {err}") from err
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import queue
 import threading
 import time
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_STEPS",
     "MAX_GUIDANCE",
     "GenerationRequest",
+    "RunProgress",
     "StepUpdate",
     "GenerationResult",
     "Engine",
@@ -78,7 +80,10 @@ UNET_PARTS: dict[str, str] = {"down": "down_blocks", "mid": "mid_block", "up": "
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 20_000  # longer text is refused before tokenising it (77 slots hold a few hundred characters)
+CUT_TOKENS_SHOWN = 8  # an over-long prompt's error quotes this many of the tokens that would be cut
 MAX_SIDE_FACTOR = 2  # largest image side: this many times the model's default side
+STREAMED_PREVIEWS = 10  # x̂₀ previews streamed per generation (at most about this many; the last step always)
 FILM_TILE = 256  # pixels, longer side of a film tile
 FILM_GAP = 8
 FILM_CAPTION = 24
@@ -103,34 +108,24 @@ class GenerationRequest:
         """Check every field against the pipeline; returns the (height, width) to use.
 
         Raises:
-            ValueError: with a message that says what is wrong and what is allowed.
+            ValueError: with a message that names the field, says what is wrong and what is allowed.
         """
-        from explain.tokens import tokenize_prompt
-
-        if not self.prompt or not self.prompt.strip():
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError("The prompt is empty: type what the picture should show.")
-        slots = pipe.tokenizer.model_max_length
         for name, text in (("prompt", self.prompt), ("negative prompt", self.negative)):
-            if text:
-                view = tokenize_prompt(pipe.tokenizer, text)
-                if view.truncated:
-                    raise ValueError(
-                        f"The {name} is {view.n_prompt_tokens + len(view.truncated)} tokens long; the text encoder "
-                        f"has {slots} slots, {slots - 2} for words (BOS and EOS take two). These tokens would be cut: "
-                        f"{' '.join(view.truncated)!s}. Shorten it."
-                    )
-        if int(self.steps) != self.steps or not 1 <= self.steps <= MAX_STEPS:
+            _check_prompt_length(pipe.tokenizer, name, text)
+        if not _is_whole(self.steps) or not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS} (got {self.steps}).")
-        if not 0 <= self.guidance <= MAX_GUIDANCE:
+        if not _is_number(self.guidance) or not 0 <= self.guidance <= MAX_GUIDANCE:
             raise ValueError(f"guidance must lie in 0..{MAX_GUIDANCE:g} (got {self.guidance}); <= 1 turns it off.")
-        if int(self.seed) != self.seed or not 0 <= self.seed <= MAX_SEED:
+        if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (got {self.seed}).")
         if self.scheduler not in SCHEDULER_CHOICES:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULER_CHOICES)}.")
         multiple, default_hw, max_side = size_limits(pipe)
         hw = (self.height or default_hw[0], self.width or default_hw[1])
         for name, value in zip(("height", "width"), hw, strict=True):
-            if int(value) != value or value % multiple or not multiple <= value <= max_side:
+            if not _is_whole(value) or value % multiple or not multiple <= value <= max_side:
                 raise ValueError(
                     f"{name} {value} is not allowed: use a multiple of {multiple} from {multiple} to {max_side} "
                     f"pixels (this model's default is {default_hw[0]} x {default_hw[1]})."
@@ -139,6 +134,45 @@ class GenerationRequest:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_number(value) -> bool:
+    """A finite real number (bool, NaN and infinities are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value) -> bool:
+    """A finite number without a fractional part (``3`` and ``3.0``, not ``2.5``, NaN or ``"3"``)."""
+    return _is_number(value) and float(value).is_integer()
+
+
+def _check_prompt_length(tokenizer, name: str, text: str) -> None:
+    """ValueError when ``text`` needs more token slots than the text encoder has (it would be cut silently).
+
+    The message names the field, the limit and the first few words that would be lost, not all of them.
+    """
+    from explain.tokens import tokenize_prompt
+
+    if not text:
+        return
+    slots = tokenizer.model_max_length
+    if not isinstance(text, str):
+        raise ValueError(f"The {name} must be text, not {type(text).__name__}.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"The {name} is {len(text)} characters long; the text encoder reads at most {slots - 2} tokens "
+            f"(a few hundred characters) and the app accepts at most {MAX_PROMPT_CHARS}. Shorten it."
+        )
+    view = tokenize_prompt(tokenizer, text)
+    if not view.truncated:
+        return
+    cut = tokenizer.decode(tokenizer.convert_tokens_to_ids(list(view.truncated[:CUT_TOKENS_SHOWN]))).strip()
+    more = len(view.truncated) - CUT_TOKENS_SHOWN
+    raise ValueError(
+        f"The {name} is {view.n_prompt_tokens + len(view.truncated)} tokens long; the text encoder has {slots} "
+        f"slots, {slots - 2} for words (BOS and EOS take two). {len(view.truncated)} tokens would be cut, starting "
+        f"with “{cut}”{f' and {more} more' if more > 0 else ''}. Shorten it."
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +194,22 @@ class StepUpdate:
     preview: np.ndarray
     source: str
     elapsed: float
+
+
+@dataclass
+class RunProgress:
+    """Live counters of one run, written by its worker thread and readable from any thread.
+
+    A stop request can say how far the run had got (``steps_done`` when the stop flag was set); the run then ends
+    after the step in progress, so its result has at most ``steps_done + 1`` steps.
+
+    Attributes:
+        steps_done: Denoising steps finished so far.
+        total: Steps the sampler runs (0 until the first step is done).
+    """
+
+    steps_done: int = 0
+    total: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,8 +397,10 @@ def generate_stream(
     lock: contextlib.AbstractContextManager | None = None,
     preview=None,
     per_head: bool = True,
+    progress: RunProgress | None = None,
 ) -> Iterator[StepUpdate | GenerationResult]:
-    """Run ``request`` and yield a :class:`StepUpdate` per step, then the :class:`GenerationResult`.
+    """Run ``request`` and yield :class:`StepUpdate` previews (every step up to STREAMED_PREVIEWS steps, then
+    about that many, the last step always), then the :class:`GenerationResult`, whose film has every step.
 
     Args:
         pipe: A Stable Diffusion (XL) pipeline (not modified: the run uses :func:`request_pipeline`).
@@ -357,14 +409,16 @@ def generate_stream(
         lock: Held for the whole pipeline run (see :class:`Engine`).
         preview: A fitted :class:`explain.film.LatentPreview` (fitted on first need otherwise).
         per_head: Keep each head's maps (needed to filter by head).
+        progress: Updated by the worker after every step (e.g. for a stop button to say where the run was).
     """
     height, width = request.validate(pipe)
+    progress = progress if progress is not None else RunProgress()
     stop = stop if stop is not None else threading.Event()
     items: queue.Queue = queue.Queue()
     started = time.perf_counter()
     thread = threading.Thread(
         target=_worker,
-        args=(pipe, request, (height, width), stop, lock, preview, per_head, items, started),
+        args=(pipe, request, (height, width), stop, lock, preview, per_head, items, started, progress),
         name="generate-stream",
         daemon=True,
     )
@@ -386,7 +440,7 @@ def generate_stream(
             stop.set()
 
 
-def _worker(pipe, request, size, stop, lock, preview, per_head, items, started) -> None:
+def _worker(pipe, request, size, stop, lock, preview, per_head, items, started, progress) -> None:
     import torch
 
     from explain.attention import AttentionRecorder, compose_callbacks
@@ -402,19 +456,25 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started) 
             noise = initial_noise(run, 1, height, width, generator)
             steps_done = 0
 
-            def on_frame(frame):
-                nonlocal steps_done
-                steps_done = frame.step + 1
-                elapsed = time.perf_counter() - started
-                total = len(run.scheduler.timesteps) // run.scheduler.order  # PNDM runs one more than asked
-                items.put(StepUpdate(frame.step, total, frame.timestep, frame.image[0], frame.source, elapsed))
+            def total_steps() -> int:
+                return len(run.scheduler.timesteps) // run.scheduler.order  # PNDM runs one more than asked
 
-            def interrupt(run_pipe, step_index, timestep, callback_kwargs):
+            def on_frame(frame):
+                elapsed = time.perf_counter() - started
+                items.put(StepUpdate(frame.step, total_steps(), frame.timestep, frame.image[0], frame.source, elapsed))
+
+            def count_and_interrupt(run_pipe, step_index, timestep, callback_kwargs):
+                nonlocal steps_done
+                steps_done = (step_index + 1) // run_pipe.scheduler.order  # completed steps (Heun: 2 calls each)
+                progress.steps_done, progress.total = steps_done, total_steps()
                 if stop.is_set():
                     run_pipe._interrupt = True  # diffusers' documented early stop: the loop skips the rest
                 return callback_kwargs
 
-            film = FilmRecorder(run, initial_latents=noise, preview=preview, on_frame=on_frame)
+            # Previews are VAE decodes (small models): stream about STREAMED_PREVIEWS of them, not one per step; the
+            # film decodes the remaining frames in batches at the end, which costs far less.
+            every = max(1, math.ceil(int(request.steps) / STREAMED_PREVIEWS))
+            film = FilmRecorder(run, initial_latents=noise, preview=preview, on_frame=on_frame, stream_every=every)
             recorder = AttentionRecorder(
                 run,
                 per_head=per_head,
@@ -434,7 +494,7 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started) 
                     generator=generator,
                     latents=noise,
                     callback_on_step_end=compose_callbacks(
-                        recorder.callback_on_step_end, film.callback_on_step_end, interrupt
+                        recorder.callback_on_step_end, film.callback_on_step_end, count_and_interrupt
                     ),
                 ).images[0]
             result = GenerationResult(

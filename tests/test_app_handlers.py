@@ -135,7 +135,9 @@ def test_generate_streams_previews_then_everything(generated):
     assert len(streamed) == STEPS
     preview, status, *rest = streamed[0]
     assert preview.shape == (64, 64, 3) and "Step **1 / 4**" in status
-    assert all(isinstance(x, type(gr.skip())) for x in rest)
+    state, gallery, pair, film, *controls = rest  # the previous run's maps, pair and film are cleared meanwhile
+    assert (gallery, pair, film) == (None, None, None)
+    assert all(isinstance(x, type(gr.skip())) for x in (state, *controls))
     image, status, state, gallery, pair, film, *_updates, qkv = final
     assert isinstance(image, Image.Image) and "Done: 4 steps with DDIMScheduler" in status
     assert isinstance(state, GenerationResult)

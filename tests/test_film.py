@@ -144,6 +144,20 @@ def test_every_and_vae_decoding(pipe):
     assert frames[0].image.shape == (1, 128, 128, 3)
 
 
+def test_streaming_every_third_frame_and_batched_decoding(pipe):
+    """Streamed frames are decoded once and reused; the rest are decoded in batches, like one at a time."""
+    streamed = []
+    film, _ = generate_with_film(pipe, steps=7, decode="vae", on_frame=streamed.append, stream_every=3)
+    assert [f.step for f in streamed] == [0, 3, 6]  # the last step (6) is always streamed
+    frames = film.frames(batch=3)
+    assert [f.step for f in frames] == list(range(7))
+    assert all(frames[f.step] is f for f in streamed)  # not decoded a second time
+    one_by_one, _ = generate_with_film(pipe, steps=7, decode="vae")
+    for batched, single in zip(frames, one_by_one.frames(batch=1), strict=True):
+        assert torch.equal(batched.x0, single.x0)
+        assert np.abs(batched.image.astype(int) - single.image.astype(int)).max() <= 1  # batched convs may round
+
+
 def test_heun_records_one_frame_per_step(pipe):
     heun = StableDiffusionPipeline(
         **{**pipe.components, "scheduler": HeunDiscreteScheduler.from_config(pipe.scheduler.config)}

@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("--unet-name", default="unet", help="folder name of the U-Net run (to train variants side by side)")
     p.add_argument("--grounding-weight", type=float, default=None, help="override the token grounding loss weight")
+    p.add_argument("--grounding-pixel-weight", type=float, default=None, help="override the pixel grounding weight")
+    p.add_argument("--ema-decay", type=float, default=None, help="override the U-Net EMA decay (short fine-tunes)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the U-Net batch size")
     p.add_argument("--unet-steps", type=int, default=None)
     p.add_argument("--unet-lr", type=float, default=None)
     p.add_argument("--unet-warmup", type=int, default=None)
@@ -190,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     unet_over = {}
     if args.grounding_weight is not None:
         unet_over["grounding_weight"] = args.grounding_weight
+    if args.grounding_pixel_weight is not None:
+        unet_over["grounding_pixel_weight"] = args.grounding_pixel_weight
+    if args.ema_decay is not None:
+        unet_over["ema_decay"] = args.ema_decay
+    if args.batch_size is not None:
+        unet_over["batch_size"] = args.batch_size
     if args.unet_steps is not None:
         unet_over["steps"] = args.unet_steps
     if args.unet_lr is not None:

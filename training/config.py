@@ -61,6 +61,7 @@ class UNetConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     grounding_weight: float = 0.0  # TokenCompose-style token grounding loss (0 = the plain SD recipe)
+    grounding_pixel_weight: float = 0.0  # TokenCompose's pixel term (BCE of the token's attention vs the mask)
     num_train_timesteps: int = 1000
 
 

@@ -5,8 +5,11 @@ caption dropout (10 %) for classifier-free guidance (Ho & Salimans 2022) and EMA
 
 Optional: a token grounding loss in the spirit of TokenCompose (Wang et al. 2024): for each object's colour and
 shape token, the share of its cross-attention mass that falls inside the object's true mask is pushed towards 1,
-``L_token = mean (1 - sum_inside(A) / sum(A))^2``. Real SD is not trained with it; ``grounding_weight = 0`` is the
-plain SD recipe. It uses a training-only attention processor set through the public processor API.
+``L_token = mean (1 - sum_inside(A) / sum(A))^2``, and optionally TokenCompose's pixel term, a binary cross-entropy
+between each of those tokens' attention probabilities and the mask, ``L_pixel = BCE(A[:, token], M)``, which asks
+the whole object (not just a part of it) to attend to the word. Real SD is not trained with them;
+``grounding_weight = 0`` is the plain SD recipe. They use a training-only attention processor set through the
+public processor API.
 """
 
 from __future__ import annotations
@@ -91,36 +94,65 @@ class GroundingProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+def _token_probs_and_masks(
+    probs: torch.Tensor, obj_tokens: torch.Tensor, obj_masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's attention on each object's colour and shape token, and the object masks at that layer's size.
+
+    Args:
+        probs: (B, heads, N, T) attention probabilities.
+        obj_tokens: (B, O, 2) token index of each object's colour and shape word (-1: none).
+        obj_masks: (B, O, h0, w0) float object masks at latent size, in [0, 1].
+
+    Returns:
+        ``a`` (B, heads, N, O*2) probabilities of the tokens, ``mm`` (B, 1, N, O*2) binary masks.
+    """
+    b, heads, n, _ = probs.shape
+    h0, w0 = obj_masks.shape[-2:]
+    f = round((h0 * w0 / n) ** 0.5)  # downsampling factor of this layer
+    m = F.avg_pool2d(obj_masks, f) if f > 1 else obj_masks  # (B, O, h, w)
+    m = (m.flatten(2) > 0.5).float()  # (B, O, N)
+    idx = obj_tokens.clamp(min=0).long().flatten(1)[:, None, None, :].expand(b, heads, n, -1)  # (B, heads, N, O*2)
+    a = probs.float().gather(3, idx)  # (B, heads, N, O*2)
+    mm = m.repeat_interleave(2, dim=1).transpose(1, 2)[:, None]  # (B, 1, N, O*2)
+    return a, mm
+
+
 def grounding_loss(
-    probs_list: list[torch.Tensor], obj_tokens: torch.Tensor, obj_masks: torch.Tensor, keep: torch.Tensor
-) -> torch.Tensor:
-    """TokenCompose-style token loss averaged over layers.
+    probs_list: list[torch.Tensor],
+    obj_tokens: torch.Tensor,
+    obj_masks: torch.Tensor,
+    keep: torch.Tensor,
+    pixel_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TokenCompose-style token loss and pixel loss, each averaged over layers.
 
     Args:
         probs_list: per layer (B, heads, N, T) attention probabilities.
         obj_tokens: (B, O, 2) token index of each object's colour and shape word (-1: none).
         obj_masks: (B, O, h0, w0) float object masks at latent size, in [0, 1].
         keep: (B,) bool, False where the caption was dropped.
+        pixel_weight: 0 skips the pixel term (returned as zero).
+
+    Returns:
+        (L_token, L_pixel), unweighted.
     """
     valid = (obj_tokens >= 0) & keep[:, None, None]  # (B, O, 2)
+    zero = obj_masks.new_zeros(())
     if not valid.any():
-        return obj_masks.new_zeros(())
-    tok = obj_tokens.clamp(min=0).long()
-    h0, w0 = obj_masks.shape[-2:]
-    total = obj_masks.new_zeros(())
+        return zero, zero
+    w = valid.flatten(1)[:, None, :].float()  # (B, 1, O*2)
+    token, pixel = zero, zero
     for probs in probs_list:
-        b, heads, n, t = probs.shape
-        f = round((h0 * w0 / n) ** 0.5)  # downsampling factor of this layer
-        m = F.avg_pool2d(obj_masks, f) if f > 1 else obj_masks  # (B, O, h, w)
-        m = (m.flatten(2) > 0.5).float()  # (B, O, N)
-        idx = tok.flatten(1)[:, None, None, :].expand(b, heads, n, -1)  # (B, heads, N, O*2)
-        a = probs.float().gather(3, idx)  # (B, heads, N, O*2)
-        a = a / a.sum(2, keepdim=True).clamp_min(1e-8)
-        mm = m.repeat_interleave(2, dim=1).transpose(1, 2)[:, None]  # (B, 1, N, O*2)
-        frac = (a * mm).sum(2)  # (B, heads, O*2)
-        w = valid.flatten(1)[:, None, :].float()  # (B, 1, O*2)
-        total = total + ((1 - frac) ** 2 * w).sum() / (w.sum() * heads)
-    return total / len(probs_list)
+        heads = probs.shape[1]
+        a, mm = _token_probs_and_masks(probs, obj_tokens, obj_masks)
+        share = a / a.sum(2, keepdim=True).clamp_min(1e-8)
+        frac = (share * mm).sum(2)  # (B, heads, O*2): share of the token's attention inside its mask
+        token = token + ((1 - frac) ** 2 * w).sum() / (w.sum() * heads)
+        if pixel_weight > 0:
+            bce = F.binary_cross_entropy(a.clamp(1e-6, 1 - 1e-6), mm.expand_as(a), reduction="none").mean(2)
+            pixel = pixel + (bce * w).sum() / (w.sum() * heads)  # bce: (B, heads, O*2)
+    return token / len(probs_list), pixel / len(probs_list)
 
 
 @dataclass
@@ -192,7 +224,7 @@ def diffusion_loop(
             _save_ema(unet, ema, out_dir / name)
         if log.over_budget():
             break
-    log.save(grounding_weight=u.grounding_weight)
+    log.save(grounding_weight=u.grounding_weight, grounding_pixel_weight=u.grounding_pixel_weight)
     return out_dir / name
 
 
@@ -250,8 +282,10 @@ def train_unet(
 
         def extra_loss(_loss: torch.Tensor, b: Batch) -> tuple[torch.Tensor, dict]:
             idx = current["idx"]
-            g_loss = grounding_loss(sink, obj_tokens[idx], obj_masks[idx].float() / 255.0, b.keep)
-            return u.grounding_weight * g_loss, {"ground": g_loss.item()}
+            masks = obj_masks[idx].float() / 255.0
+            token, pixel = grounding_loss(sink, obj_tokens[idx], masks, b.keep, u.grounding_pixel_weight)
+            more = u.grounding_weight * token + u.grounding_pixel_weight * pixel
+            return more, {"ground": token.item(), "pixel": pixel.item()}
 
         return diffusion_loop(unet, cfg, make_and_remember, len(latents), out_dir, device, name, extra_loss)
     return diffusion_loop(unet, cfg, make, len(latents), out_dir, device, name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["to_rgb", "to_mask", "size_multiple", "native_size", "working_size", "resize"]
+__all__ = ["to_rgb", "to_mask", "union_mask", "size_multiple", "native_size", "working_size", "resize"]
 
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference up to which a mask of another size is resized
 
@@ -127,6 +127,38 @@ def to_rgb(image, name: str = "image") -> tuple[Image.Image, tuple[str, ...]]:
     return im, tuple(notes)
 
 
+def _binary_mask(mask, size: tuple[int, int], name: str, notes: list[str]) -> np.ndarray:
+    """A mask image -> (H, W) bool at ``size`` (white ≥ 0.5 = fill; transparent = keep); may be all False."""
+    im = _to_pil(_open(mask, name), name, notes)
+    if im.mode in ("RGBA", "LA"):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(black, rgba)
+    gray = im.convert("L")
+    width, height = size
+    if gray.width < 1 or gray.height < 1:
+        raise ValueError(f"{name} is empty ({gray.width}x{gray.height} pixels)")
+    if gray.size != (width, height):
+        aspect_mask, aspect_image = gray.width / gray.height, width / height
+        if abs(aspect_mask / aspect_image - 1) > ASPECT_TOLERANCE:
+            raise ValueError(
+                f"{name} is {gray.width}x{gray.height} but the image is {width}x{height}: different aspect ratios, "
+                "so the mask cannot be meant for this image"
+            )
+        notes.append(f"{name}: resized {gray.width}x{gray.height} -> {width}x{height} (nearest)")
+        gray = gray.resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(gray) >= 128  # (H, W): 0.5 of the 8-bit range, as VaeImageProcessor.binarize
+
+
+def _checked_fill(binary: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """ValueError for a mask with nothing to fill; a note when it covers everything."""
+    if not binary.any():
+        raise ValueError(f"{name} is empty (all black): nothing to fill. White marks the region to fill.")
+    if binary.all():
+        notes.append(f"{name} covers the whole image: nothing is kept, this is text-to-image through this pipeline")
+    return binary
+
+
 def to_mask(mask, size: tuple[int, int], name: str = "mask") -> tuple[np.ndarray, tuple[str, ...]]:
     """A mask image (white = fill) -> (H, W) bool at ``size``, plus notes.
 
@@ -142,28 +174,25 @@ def to_mask(mask, size: tuple[int, int], name: str = "mask") -> tuple[np.ndarray
         ValueError: Empty mask (nothing to fill), a different aspect ratio than the image, unreadable input.
     """
     notes: list[str] = []
-    im = _to_pil(_open(mask, name), name, notes)
-    if im.mode in ("RGBA", "LA"):
-        rgba = im.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(black, rgba)
-    gray = im.convert("L")
+    binary = _binary_mask(mask, size, name, notes)
+    return _checked_fill(binary, name, notes), tuple(notes)
+
+
+def union_mask(layers, size: tuple[int, int], name: str = "mask") -> tuple[np.ndarray, tuple[str, ...]]:
+    """Several mask layers (e.g. the strokes layers of an image editor) -> the union of their fill regions.
+
+    Each layer is read like :func:`to_mask` (white or opaque-white strokes = fill, black or transparent = keep, other
+    sizes resized when the aspect ratio matches); the union must not be empty.
+
+    Raises:
+        ValueError: No layer, an empty union, a layer of another aspect ratio, an unreadable layer.
+    """
+    notes: list[str] = []
     width, height = size
-    if gray.size != (width, height):
-        aspect_mask, aspect_image = gray.width / gray.height, width / height
-        if abs(aspect_mask / aspect_image - 1) > ASPECT_TOLERANCE:
-            raise ValueError(
-                f"{name} is {gray.width}x{gray.height} but the image is {width}x{height}: different aspect ratios, "
-                "so the mask cannot be meant for this image"
-            )
-        notes.append(f"{name}: resized {gray.width}x{gray.height} -> {width}x{height} (nearest)")
-        gray = gray.resize((width, height), Image.Resampling.NEAREST)
-    binary = np.asarray(gray) >= 128  # (H, W): 0.5 of the 8-bit range, as VaeImageProcessor.binarize
-    if not binary.any():
-        raise ValueError(f"{name} is empty (all black): nothing to fill. White marks the region to fill.")
-    if binary.all():
-        notes.append(f"{name} covers the whole image: nothing is kept, this is text-to-image through this pipeline")
-    return binary, tuple(notes)
+    binary = np.zeros((height, width), dtype=bool)  # (H, W)
+    for k, layer in enumerate(layers):
+        binary |= _binary_mask(layer, size, name if len(layers) == 1 else f"{name} layer {k + 1}", notes)
+    return _checked_fill(binary, name, notes), tuple(notes)
 
 
 def size_multiple(pipe) -> int:

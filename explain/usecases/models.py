@@ -66,12 +66,20 @@ def _load_class(model: str, classes: tuple[str, ...], device: str, dtype: torch.
     """Load a pipeline of one of ``classes`` from a local directory or a Hub id (offline: fail fast)."""
     import diffusers
 
-    from explain.loading import offline_message, read_model_index  # the model-index path of load_pipeline
+    from explain.loading import (  # the model-index path of load_pipeline
+        check_model_index,
+        check_safetensors,
+        offline_message,
+        read_model_index,
+    )
 
     index, source, local_only = read_model_index(model)
     class_name = index.get("_class_name")
     if class_name not in classes:
         raise ModelLoadError(f"{model!r} is a {class_name}; this task needs {' or '.join(classes)}")
+    check_model_index(index, model)
+    if Path(source).is_dir():
+        check_safetensors(source)
     pipeline_class = getattr(diffusers, class_name)
     kwargs = {}
     for optional in ("safety_checker", "watermarker"):
@@ -117,7 +125,7 @@ def _upscale_from_base(base, task_dir):
 
     path = _task_dir(task_dir, "upscale")
     device, dtype = base.unet.device, base.unet.dtype
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype).to(device)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype, use_safetensors=True).to(device)
     config_file = path / "upscale_config.json"
     max_noise_level = 350
     if config_file.is_file():
@@ -223,7 +231,8 @@ def load_task_pipeline(
 
         base = base if base is not None else load_base(None, device, dtype)
         path = _task_dir(task_dir, "inpaint")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=base.unet.dtype).to(base.unet.device)
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=base.unet.dtype, use_safetensors=True)
+        unet = unet.to(base.unet.device)
         scheduler = base.scheduler
         if (path / "scheduler" / "scheduler_config.json").is_file():
             scheduler = _scheduler(path / "scheduler")

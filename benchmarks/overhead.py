@@ -1,0 +1,72 @@
+"""Capture overhead of :class:`explain.attention.AttentionRecorder` against plain diffusers, in one process.
+
+The same protocol as the external baselines (:mod:`benchmarks.external.common`): the embedded model, 64x64,
+25 steps, classifier-free guidance 5, one image per call, torch on one thread; each round generates every prompt
+plainly and with the tool, alternating which goes first; the ratio is the median over rounds of tool / plain.
+Tool side: all-step capture of the prompt's tokens in every cross-attention layer (7, the 4x4 mid block
+included), then the word's DAAM map (:func:`explain.heatmap.aggregate`), timed inside the tool's cost.
+
+Run: ``python -m benchmarks.overhead [--repeats 5] [--steps 25] [--threads 1] [--out FILE]``; writes
+``benchmarks/results/overhead_explain.json`` by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+
+from benchmarks.external.common import add_arguments, run_benchmark, set_threads, to_uint8, write_result
+from explain.attention import AttentionRecorder
+from explain.heatmap import aggregate
+from explain.loading import EMBEDDED_MODEL_DIR, load_pipeline
+from explain.tokens import tokenize_prompt
+
+RESULTS = Path(__file__).resolve().parent / "results" / "overhead_explain.json"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, default_model=Path(EMBEDDED_MODEL_DIR), default_out=RESULTS)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    pipe = load_pipeline(str(args.model), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+
+    def plain(prompt: str, word: str, generator: torch.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        return to_uint8(pipe(prompt, generator=generator, output_type="np", **call).images[0]), {}
+
+    def tool(prompt: str, word: str, generator: torch.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+        view = tokenize_prompt(pipe.tokenizer, prompt)
+        with AttentionRecorder(pipe, token_count=view.n_used) as rec:
+            out = pipe(
+                prompt, generator=generator, output_type="np", callback_on_step_end=rec.callback_on_step_end, **call
+            )
+        start = time.perf_counter()
+        captured = rec.result()
+        maps = aggregate(captured, view)  # every step, layer and head: DAAM's word maps
+        word_map = maps.word_maps[[w.lower() for w in maps.words].index(word)]
+        maps_s = time.perf_counter() - start
+        return to_uint8(out.images[0]), {
+            "word": word,
+            "heat_map_shape": list(word_map.shape),
+            "heat_map_sum": float(word_map.sum()),
+            "layers": len(captured.layer_names),
+            "steps": captured.n_steps,
+            "maps_s": maps_s,
+        }
+
+    result = run_benchmark(plain, tool, args.repeats)
+    header = {"tool": "explain (this project)", "tool_version": "main", "diffusers_version": diffusers.__version__}
+    write_result(args.out, args, header, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
