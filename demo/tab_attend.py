@@ -69,6 +69,7 @@ class AttendTab:
 
     def __init__(self, engine):
         self.engine = engine
+        self.guidance = engine.recommended_guidance(DEFAULTS["guidance"])  # e.g. 5 for the embedded model
         self._stops: dict[str, tuple[threading.Event, object]] = {}  # session -> (stop flag, RunProgress) of its run
         self._stops_lock = threading.Lock()
         self._recent: dict = {}  # request -> result of preset runs, so a preset's restore need not run it twice
@@ -448,7 +449,7 @@ class AttendTab:
                     steps = gr.Slider(
                         1, MAX_STEPS, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="attend-steps"
                     )
-                    guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULTS["guidance"], step=0.5, label="Guidance scale")
+                    guidance = gr.Slider(0, MAX_GUIDANCE, value=self.guidance, step=0.5, label="Guidance scale")
                 with gr.Row():
                     scheduler = gr.Dropdown(list(SCHEDULER_CHOICES), value="default", label="Scheduler (sampler)")
                     height = gr.Slider(multiple, max_side, value=default_hw[0], step=multiple, label="Height (px)")
@@ -468,7 +469,7 @@ class AttendTab:
                     interactive=False,
                 )
                 examples = gr.Examples(
-                    PRESETS,
+                    [[*row[:4], self.guidance, *row[5:]] for row in PRESETS],  # the model's own guidance
                     inputs=[prompt, negative, seed, steps, guidance, scheduler],
                     outputs=[image, status, gallery, pair, film],
                     fn=self.preset,

@@ -153,7 +153,8 @@ class SteerTab:
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (shared by every experiment below)", lines=2, scale=3)
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
             steps = gr.Slider(1, 50, value=STEER_STEPS, step=1, label="Steps", scale=1)
-            guidance = gr.Slider(0, 15, value=7.5, step=0.5, label="Guidance", scale=1)
+            g = self.engine.recommended_guidance()  # the model's own default (5 for the embedded model)
+            guidance = gr.Slider(0, 15, value=g, step=0.5, label="Guidance", scale=1)
 
         def results_row(note: str, key: str):
             with gr.Row():
@@ -213,7 +214,7 @@ class SteerTab:
                 rw_inputs,
                 rw_out,
                 self.reweight,
-                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, 7.5], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, 7.5]],
+                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, g]],
                 ["'red' ×0", "'triangle' ×3"],
             )
         with gr.Tab("Swap a word"):
@@ -237,8 +238,8 @@ class SteerTab:
                 sw_out,
                 self.swap,
                 [
-                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, 7.5],
-                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, 7.5],
+                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, g],
+                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, g],
                 ],
                 ["circle → square, k = 4", "red → green, k = 12"],
             )
@@ -265,7 +266,7 @@ class SteerTab:
                 dr_inputs,
                 dr_out,
                 self.drop,
-                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, 7.5], [DEFAULT_PROMPT, "blue", "zero", 0, 12, 7.5]],
+                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, g]],
                 ["delete 'blue'", "'blue' attention ×0"],
             )
         with gr.Tab("Guidance sweep"):

@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
+    "recommended_settings",
     "read_model_index",
     "check_model_index",
     "check_safetensors",
@@ -343,8 +344,13 @@ def describe_pipeline(pipe) -> PipelineInfo:
 
 def _recommended(pipe) -> dict:
     """Settings a model directory recommends for itself in ``explorer.json`` (only keys it names)."""
-    source = Path(str(getattr(pipe, "name_or_path", "") or ""))
-    path = source / EXPLORER_SETTINGS
+    return recommended_settings(Path(str(getattr(pipe, "name_or_path", "") or "")))
+
+
+def recommended_settings(model_dir: str | Path) -> dict:
+    """``{"recommended_guidance": ..., "recommended_steps": ...}`` from ``model_dir/explorer.json``, only the keys
+    it names (an empty dict without the file): read without loading any weights."""
+    path = Path(model_dir) / EXPLORER_SETTINGS
     if not path.is_file():
         return {}
     settings = json.loads(path.read_text())

@@ -284,6 +284,13 @@ class Engine:
             pipe = self.pipeline()
             return size_limits(pipe), int(pipe.scheduler.config.num_train_timesteps)
 
+    def recommended_guidance(self, fallback: float = 7.5) -> float:
+        """The guidance scale the model directory recommends (``explorer.json``), else ``fallback``; no weights."""
+        from explain.loading import EMBEDDED_MODEL_DIR, recommended_settings
+
+        local = Path(self.model).expanduser() if self.model else EMBEDDED_MODEL_DIR
+        return recommended_settings(local).get("recommended_guidance", fallback) if local.is_dir() else fallback
+
     def _config(self, name: str) -> dict:
         from explain.loading import EMBEDDED_MODEL_DIR
 

@@ -202,3 +202,13 @@ def test_exports(result, pipe, tmp_path):
     assert settings["prompt"] == PROMPT and settings["seed"] == 1 and settings["scheduler"] == "DDIM"
     assert settings["scheduler_class"] == "DDIMScheduler" and settings["steps_done"] == STEPS
     assert torch.is_tensor(next(iter(result.captured.maps.values())))
+
+
+def test_recommended_guidance_comes_from_the_model_directory(tmp_path):
+    from explain.loading import EMBEDDED_MODEL_DIR
+
+    expected = json.loads((EMBEDDED_MODEL_DIR / "explorer.json").read_text())["guidance"]
+    assert Engine().recommended_guidance() == expected == 5.0
+    assert Engine(str(tmp_path)).recommended_guidance() == 7.5  # no explorer.json: Stable Diffusion's usual scale
+    (tmp_path / "explorer.json").write_text('{"guidance": 3.5}')
+    assert Engine(str(tmp_path)).recommended_guidance() == 3.5
