@@ -145,7 +145,7 @@ class AttendTab:
 
     def _finish(self, result) -> tuple:
         """Final outputs of a generation: image, status, state, gallery, x_t/x̂₀ pair, film, control updates."""
-        from explain.session import export_film_gif
+        from explain.result_views import export_film_gif
 
         stopped = f" **Stopped early** after {result.steps_done} steps." if result.interrupted else ""
         status = (
@@ -200,7 +200,7 @@ class AttendTab:
     def _map_view(
         self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
     ):
-        from explain.session import word_maps
+        from explain.result_views import word_maps
 
         # step and heads are re-checked here: a generation rebuilds their components (new range, new choices)
         steps = None if all_steps or step is None else [_whole(step, "step")]
@@ -263,7 +263,7 @@ class AttendTab:
 
     def qkv(self, result, layer: str) -> str:
         """Q, K, V and attention shapes of one cross-attention layer, with this run's numbers."""
-        from explain.session import layer_shapes
+        from explain.result_views import layer_shapes
 
         result = self._need(result)
         height, width = result.size
@@ -304,7 +304,7 @@ class AttendTab:
         request: gr.Request,
     ):
         """Files of the current view: heat-map grid (PNG), film (GIF), raw maps (NPZ), settings (JSON)."""
-        from explain.session import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
+        from explain.result_views import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
 
         result = self._need(result)
         view = self._map_view(

@@ -10,6 +10,14 @@ from PIL import Image
 from tiny_pipelines import build_sd1, single_thread
 
 from explain.loading import load_pipeline
+from explain.result_views import (
+    export_film_gif,
+    export_grid_png,
+    export_maps_npz,
+    export_settings_json,
+    layer_shapes,
+    word_maps,
+)
 from explain.session import (
     MAX_STEPS,
     SCHEDULER_CHOICES,
@@ -17,16 +25,10 @@ from explain.session import (
     GenerationRequest,
     GenerationResult,
     StepUpdate,
-    export_film_gif,
-    export_grid_png,
-    export_maps_npz,
-    export_settings_json,
     generate,
     generate_stream,
-    layer_shapes,
     request_pipeline,
     size_limits,
-    word_maps,
 )
 
 PROMPT = "a big red circle on the left"
