@@ -3,8 +3,9 @@
 Views and exports of a finished result are in :mod:`explain.result_views`. A :class:`GenerationRequest` says what to
 draw; :func:`generate_stream` runs the pipeline in a worker thread inside
 an :class:`~explain.attention.AttentionRecorder` (cross-attention softmax(QKᵀ/√d) per layer, head and step) and a
-:class:`~explain.film.FilmRecorder` (x_t and the predicted clean image x̂₀ per step), and yields one
-:class:`StepUpdate` per denoising step, then one :class:`GenerationResult`. Setting the ``stop`` event ends the run
+:class:`~explain.film.FilmRecorder` (x_t and the predicted clean image x̂₀ per step), and yields
+:class:`StepUpdate` previews (about ``STREAMED_PREVIEWS`` per run: each is a VAE decode), then one
+:class:`GenerationResult`. Setting the ``stop`` event ends the run
 after the current step: the step-end callback sets the pipeline's interrupt flag, which is how diffusers documents
 stopping early (``pipe._interrupt = True`` inside ``callback_on_step_end``; the loop then skips what is left).
 
