@@ -12,6 +12,7 @@ Runs (``python -m benchmarks.capture_memory`` or ``python benchmarks/capture_mem
   per-head / pooled to 32), guidance off (the recorder keeps one guidance branch, so bytes do not depend on it
   and the run costs half);
 - 256x256 at 10, 25, 50 steps: bytes must scale linearly with steps (and 4x from 256² to 512²);
+- 256², 384², 512² at 5 steps: bytes per step per pixel must be constant (the growth law in image size);
 - 256x256, 10 steps, with and without capture, guidance on: the time overhead.
 
 Prints one JSON line and writes ``benchmarks/results/capture_memory.json``.
@@ -185,6 +186,10 @@ def main(argv=None) -> dict:
         run(pipe, args.size // 2, steps, {"prompt_tokens": {"token_count": n_used}})[0]["prompt_tokens"]
         for steps in (10, 25, 50)
     ]
+    sizes = [  # bytes per step against image size: proportional to the pixel count (every layer scales with it)
+        run(pipe, size, 5, {"prompt_tokens": {"token_count": n_used}})[0]["prompt_tokens"]
+        for size in (args.size // 2, 3 * args.size // 4, args.size)
+    ]
     overhead = {
         "size": args.size // 2,
         "steps": 10,
@@ -204,6 +209,14 @@ def main(argv=None) -> dict:
         },
         "runs": list(big.values()) + small,
         "linear_in_steps": len({round(b) for b in per_step}) == 1,
+        "size_sweep": [
+            {
+                "size": row["size"],
+                "bytes_per_step": row["bytes"] // row["steps"],
+                "bytes_per_step_per_pixel": round(row["bytes"] / row["steps"] / row["size"] ** 2, 4),
+            }
+            for row in sizes
+        ],
         f"bytes_per_step_ratio_{args.size}_vs_{args.size // 2}": round(
             (big["prompt_tokens"]["bytes"] / args.steps) / per_step[0], 3
         ),

@@ -143,12 +143,17 @@ def _memory() -> list[str]:
             f"| {run['size']}² | {run['steps']} | {run['variant'].replace('_', ' ')} | {run['MiB']} | "
             f"{run['bytes'] // run['steps']:,} |"
         )
+    sweep = r.get("size_sweep", [])
+    if sweep:
+        lines += ["", "| image | bytes per step | per pixel |", "|---|---|---|"]
+        lines += [f"| {x['size']}² | {x['bytes_per_step']:,} | {x['bytes_per_step_per_pixel']} |" for x in sweep]
     big = next(run for run in r["runs"] if run["variant"] == "prompt_tokens" and run["size"] == 512)
     lines += [
         "",
-        "Growth law: bytes = 2 (float16) × steps × tokens × Σ over layers of h·w (× heads when kept per head): "
-        f"linear in steps (bytes per step identical at 10, 25, 50: {r['linear_in_steps']}) and in pixels "
-        f"(512² / 256² per step = {r['bytes_per_step_ratio_512_vs_256']}). At 512², 50 steps, every per-step map "
+        "Growth law: bytes = 2 (float16) × steps × tokens × Σ over layers of h·w (× heads when kept per head), "
+        "and Σ h·w is proportional to the image's pixel count: linear in steps (bytes per step identical at 10, 25, "
+        f"50: {r['linear_in_steps']}) and in pixels (512² / 256² per step = "
+        f"{r['bytes_per_step_ratio_512_vs_256']}; bytes per step per pixel constant across sizes, table above). At 512², 50 steps, every per-step map "
         f"of the prompt's tokens: **{big['MiB']} MiB** (goal ≤ {MEMORY_GOAL_BYTES // 2**20} MB: "
         f"{'met' if big['bytes'] <= MEMORY_GOAL_BYTES else 'not met'}); all 77 token columns or every head also "
         "fit (table).",

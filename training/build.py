@@ -190,21 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES + TASK_STAGES)}")
     cfg = preset(args.preset)
-    unet_over = {}
-    if args.grounding_weight is not None:
-        unet_over["grounding_weight"] = args.grounding_weight
-    if args.grounding_pixel_weight is not None:
-        unet_over["grounding_pixel_weight"] = args.grounding_pixel_weight
-    if args.ema_decay is not None:
-        unet_over["ema_decay"] = args.ema_decay
-    if args.batch_size is not None:
-        unet_over["batch_size"] = args.batch_size
-    if args.unet_steps is not None:
-        unet_over["steps"] = args.unet_steps
-    if args.unet_lr is not None:
-        unet_over["lr"] = args.unet_lr
-    if args.unet_warmup is not None:
-        unet_over["warmup"] = args.unet_warmup
+    unet_fields = {  # command-line option (argparse dest) -> UNetConfig field it overrides
+        "grounding_weight": "grounding_weight",
+        "grounding_pixel_weight": "grounding_pixel_weight",
+        "ema_decay": "ema_decay",
+        "batch_size": "batch_size",
+        "unet_steps": "steps",
+        "unet_lr": "lr",
+        "unet_warmup": "warmup",
+    }
+    unet_over = {field: getattr(args, dest) for dest, field in unet_fields.items() if getattr(args, dest) is not None}
     if args.n_train is not None:
         cfg = dataclasses.replace(cfg, n_train=args.n_train)
     if unet_over:
