@@ -78,7 +78,7 @@ class SteerTab:
 
     def reweight(self, prompt, word, weight, seed, steps, guidance):
         """Scale one word's cross-attention by ``weight`` (0…3) and compare with the unedited image."""
-        from explain.steer import steer_reweight
+        from explain.steer_runs import steer_reweight
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
         with user_errors(), self.engine.lock:
@@ -96,7 +96,7 @@ class SteerTab:
 
     def swap(self, prompt, old_word, new_word, k_steps, seed, steps, guidance):
         """Replace a word; the new prompt keeps the old prompt's attention maps for the first ``k_steps`` steps."""
-        from explain.steer import steer_swap
+        from explain.steer_runs import steer_swap
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
         if not (new_word or "").strip():
@@ -117,7 +117,7 @@ class SteerTab:
 
     def drop(self, prompt, word, mode, seed, steps, guidance):
         """Drop a word: delete it from the text, or keep the text and zero its attention."""
-        from explain.steer import steer_drop
+        from explain.steer_runs import steer_drop
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
         with user_errors(), self.engine.lock:
@@ -130,7 +130,7 @@ class SteerTab:
     def sweep(self, prompt, seed, steps, scales: str):
         """The same prompt and noise under several guidance scales."""
         from explain.session import MAX_GUIDANCE
-        from explain.steer import guidance_sweep
+        from explain.steer_runs import guidance_sweep
 
         try:
             values = [float(s) for s in (scales or "").replace(";", ",").split(",") if s.strip()]

@@ -24,26 +24,26 @@ Exactness: for each layer call the original processor computes the output; only 
 changes are recomputed explicitly (softmax(Q Kᵀ · scale) in float32, edit, ``A @ V``) and spliced in. An inactive
 edit (weight 1, a step outside its range, ``k = 0``) therefore leaves images bit-identical to plain generation.
 
+The experiments built on these edits (baseline vs steered image from the same noise, re-weight / swap / drop,
+a guidance sweep) are in :mod:`explain.steer_runs`.
+
 Example:
-    >>> result = steer_reweight(pipe, "a red circle on the left", "red", weight=0.0, seed=0, steps=20)
-    >>> result.mean_abs_difference   # how much fading "red" changed the image
+    >>> with AttentionSteering(pipe, Reweight(token_indices=(5,), weight=0.0)):
+    ...     image = pipe("a ginormous red cube").images[0]   # "red" faded
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from explain.attention import AttentionRecorder, CapturedAttention, compose_callbacks
+from explain.attention import CapturedAttention
 from explain.cross_attention import CrossAttentionSwap, attention_probs, cond_rows, prepare_inputs, split_heads
-from explain.film import initial_noise
 from explain.tokens import tokenize_prompt
 
 __all__ = [
@@ -51,15 +51,11 @@ __all__ = [
     "Reweight",
     "Replace",
     "AttentionSteering",
-    "SteerResult",
     "word_token_indices",
     "replace_word",
     "remove_word",
     "effective_attention",
-    "steer_reweight",
-    "steer_swap",
-    "steer_drop",
-    "guidance_sweep",
+    "Edit",
 ]
 
 MAX_WEIGHT = 3.0  # upper end of the re-weighting range offered by the helpers (p2p's examples use up to ~5)
@@ -317,10 +313,6 @@ def effective_attention(captured: CapturedAttention, edits: Sequence[Edit]) -> C
     return dataclasses.replace(captured, maps=maps)
 
 
-def _rows_of(captured: CapturedAttention, row: int) -> CapturedAttention:
-    return dataclasses.replace(captured, maps={name: m[:, row : row + 1] for name, m in captured.maps.items()})
-
-
 # -- words -----------------------------------------------------------------------------------------------------------
 def word_token_indices(tokenizer, prompt: str, word: str) -> tuple[int, ...]:
     """Token slots of every occurrence of ``word`` (one word or a phrase such as ``"on the left"``) in ``prompt``.
@@ -365,274 +357,3 @@ def remove_word(prompt: str, word: str) -> str:
     if not count:
         raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}")
     return re.sub(r"\s+([,.;:!?])", r"\1", " ".join(new_prompt.split()))
-
-
-# -- results and helpers -----------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
-class SteerResult:
-    """A baseline image, its steered counterpart and what differs.
-
-    Attributes:
-        baseline: (H, W, 3) uint8, the unedited generation (same seed).
-        edited: (H, W, 3) uint8, the steered generation.
-        difference: (H, W, 3) uint8, ``|edited - baseline|`` per channel, not amplified.
-        mean_abs_difference: Mean of ``|edited - baseline|`` over pixels and channels, images in [0, 1] (float
-            outputs, before quantisation).
-        token_indices: Token slots of the word in ``baseline_prompt`` (0 = BOS).
-        baseline_prompt: Prompt of the baseline.
-        edited_prompt: Prompt of the edited image (differs for a word swap and for ``steer_drop(mode="remove")``).
-        edits: Attention edits applied to the edited image (empty when only the prompt changed).
-        baseline_attention: Conditional-branch maps of the baseline (batch 1), when captured.
-        edited_attention: Maps the edited layers actually used (:func:`effective_attention`, batch 1), when
-            captured; token slots follow ``edited_prompt``.
-    """
-
-    baseline: np.ndarray
-    edited: np.ndarray
-    difference: np.ndarray
-    mean_abs_difference: float
-    token_indices: tuple[int, ...]
-    baseline_prompt: str
-    edited_prompt: str
-    edits: tuple[Edit, ...]
-    baseline_attention: CapturedAttention | None = None
-    edited_attention: CapturedAttention | None = None
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def _image_size(pipe, height: int | None, width: int | None) -> tuple[int, int]:
-    sample = pipe.unet.config.sample_size
-    sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    return (height or sample_hw[0] * pipe.vae_scale_factor, width or sample_hw[1] * pipe.vae_scale_factor)
-
-
-def _token_count(pipe, prompts: Sequence[str]) -> int:
-    return max(tokenize_prompt(pipe.tokenizer, p).n_used for p in prompts)
-
-
-def _generate(pipe, prompts, noise, steps, guidance, edits=(), capture=False, negative_prompt=None, **kwargs):
-    """Images (B, H, W, 3) float in [0, 1] of ``prompts`` from one shared x_T, and the conditional-branch
-    attention (effective maps, :func:`effective_attention`) when ``capture``, else None."""
-    with contextlib.ExitStack() as stack:  # exits innermost first: each context restores what it found
-        steering = stack.enter_context(AttentionSteering(pipe, *edits)) if edits else None
-        recorder = None
-        if capture:
-            recorder = stack.enter_context(AttentionRecorder(pipe, token_count=_token_count(pipe, prompts)))
-        images = pipe(
-            list(prompts),
-            negative_prompt=None if negative_prompt is None else [negative_prompt] * len(prompts),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            latents=noise.expand(len(prompts), *noise.shape[1:]).clone(),  # (B, C, h, w): the same x_T
-            output_type="np",
-            callback_on_step_end=compose_callbacks(
-                steering and steering.callback_on_step_end, recorder and recorder.callback_on_step_end
-            ),
-            **kwargs,
-        ).images
-    if recorder is None:
-        return images, None
-    return images, effective_attention(recorder.result(), edits)
-
-
-def _result(base, edit, base_att, edit_att, indices, base_prompt, edit_prompt, edits) -> SteerResult:
-    diff = np.abs(edit.astype(np.float32) - base.astype(np.float32))
-    return SteerResult(
-        baseline=_to_uint8(base),
-        edited=_to_uint8(edit),
-        difference=np.abs(_to_uint8(edit).astype(np.int16) - _to_uint8(base).astype(np.int16)).astype(np.uint8),
-        mean_abs_difference=float(diff.mean()),
-        token_indices=indices,
-        baseline_prompt=base_prompt,
-        edited_prompt=edit_prompt,
-        edits=tuple(edits),
-        baseline_attention=base_att,
-        edited_attention=edit_att,
-    )
-
-
-def _counted_steps(pipe, steps: int) -> int:
-    """Steps as :class:`AttentionSteering` counts them for ``num_inference_steps=steps``.
-
-    Usually ``steps``; PNDM's PLMS warm-up repeats one timestep and so counts ``steps + 1``. Read from a fresh
-    copy of the scheduler (the pipeline's own is left alone).
-    """
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
-    return math.ceil(len(scheduler.timesteps) / getattr(scheduler, "order", 1))
-
-
-def _noise(pipe, seed: int, height: int | None, width: int | None) -> torch.Tensor:
-    h, w = _image_size(pipe, height, width)
-    return initial_noise(pipe, 1, h, w, torch.Generator().manual_seed(seed))  # (1, C, h/f, w/f)
-
-
-def steer_reweight(
-    pipe,
-    prompt: str,
-    word: str,
-    weight: float,
-    seed: int = 0,
-    steps: int = 20,
-    guidance: float = 7.5,
-    *,
-    step_range: tuple[int, int] | None = None,
-    capture: bool = False,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-) -> SteerResult:
-    """Scale the cross-attention of ``word`` (all its sub-tokens) by ``weight`` (p2p re-weighting).
-
-    Args:
-        pipe: A Stable Diffusion (XL) pipeline.
-        prompt: The prompt.
-        word: A word or phrase of the prompt (every occurrence is scaled).
-        weight: In ``[0, MAX_WEIGHT]``; 1 leaves the image bit-identical, 0 removes the word's direct influence.
-        seed: Seed of the initial noise (shared by baseline and edit).
-        steps: Denoising steps.
-        guidance: Classifier-free guidance scale (``<= 1``: no guidance; the edit still applies).
-        step_range: Steps ``[start, stop)`` to edit, counted from 0; ``stop >= steps`` runs to the end.
-            ``None``: all.
-        capture: Also record cross-attention (baseline: as generated; edited: the effective maps).
-        height: Image height in pixels (default: the U-Net's native size).
-        width: Image width in pixels.
-        negative_prompt: Negative prompt for both images.
-    """
-    if not 0.0 <= weight <= MAX_WEIGHT:
-        raise ValueError(f"weight must lie in [0, {MAX_WEIGHT}], got {weight}")
-    indices = word_token_indices(pipe.tokenizer, prompt, word)
-    if step_range is not None and step_range[1] >= steps:  # "to the end", PNDM's extra step included
-        step_range = (step_range[0], max(step_range[1], _counted_steps(pipe, steps)))
-    edit = Reweight(indices, float(weight), step_range)
-    noise = _noise(pipe, seed, height, width)
-    kwargs = dict(height=height, width=width, negative_prompt=negative_prompt)
-    base, base_att = _generate(pipe, [prompt], noise, steps, guidance, capture=capture, **kwargs)
-    out, out_att = _generate(pipe, [prompt], noise, steps, guidance, (edit,), capture, **kwargs)
-    return _result(base[0], out[0], base_att, out_att, indices, prompt, prompt, (edit,))
-
-
-def steer_swap(
-    pipe,
-    prompt: str,
-    old_word: str,
-    new_word: str,
-    k_steps: int,
-    seed: int = 0,
-    steps: int = 20,
-    guidance: float = 7.5,
-    *,
-    capture: bool = False,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-) -> SteerResult:
-    """p2p word swap: the target prompt keeps the source's attention maps for the first ``k_steps`` steps.
-
-    Source (``prompt``) and target (``old_word`` → ``new_word``) are generated in one batch from the same noise;
-    ``k_steps = 0`` is plain generation of both, ``k_steps >= steps`` injects the source's maps throughout
-    (PNDM's extra warm-up step included).
-    The baseline is the source image, the edited one the target image.
-
-    Raises:
-        ValueError: ``old_word`` not in the prompt, or the two prompts tokenise to different lengths (then column
-            ``j`` of one is not column ``j`` of the other; p2p's token alignment for that case is not implemented:
-            pick a word with the same number of BPE tokens).
-    """
-    indices = word_token_indices(pipe.tokenizer, prompt, old_word)
-    target = replace_word(prompt, old_word, new_word)
-    source_view, target_view = tokenize_prompt(pipe.tokenizer, prompt), tokenize_prompt(pipe.tokenizer, target)
-    if source_view.n_prompt_tokens != target_view.n_prompt_tokens:
-        old_n = len(tokenize_prompt(pipe.tokenizer, old_word).used_tokens) - 2
-        new_n = len(tokenize_prompt(pipe.tokenizer, new_word).used_tokens) - 2
-        raise ValueError(
-            f"word swap needs prompts of equal token length: {old_word!r} is {old_n} BPE token(s), {new_word!r} is "
-            f"{new_n} ({source_view.n_prompt_tokens} vs {target_view.n_prompt_tokens} prompt tokens); "
-            "choose a replacement with the same token count"
-        )
-    edit = Replace(max(k_steps, _counted_steps(pipe, steps)) if k_steps >= steps else k_steps)
-    images, captured = _generate(
-        pipe,
-        [prompt, target],
-        _noise(pipe, seed, height, width),
-        steps,
-        guidance,
-        (edit,),
-        capture,
-        height=height,
-        width=width,
-        negative_prompt=negative_prompt,
-    )
-    base_att = _rows_of(captured, 0) if captured else None
-    out_att = _rows_of(captured, 1) if captured else None
-    return _result(images[0], images[1], base_att, out_att, indices, prompt, target, (edit,))
-
-
-def steer_drop(
-    pipe,
-    prompt: str,
-    word: str,
-    mode: str = "remove",
-    seed: int = 0,
-    steps: int = 20,
-    guidance: float = 7.5,
-    *,
-    capture: bool = False,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-) -> SteerResult:
-    """Drop a word, two ways that answer different questions.
-
-    - ``mode="remove"``: delete the word from the text and generate again from the same noise. The text encoder
-      sees a different sentence: every later token's embedding changes (CLIP's text transformer is causal, so
-      later tokens, EOS and the padding slots all summarise the words before them), and positions shift.
-    - ``mode="zero"``: keep the text, re-weight the word's attention to 0 (:class:`Reweight` with ``w = 0``).
-      Only the word's *own columns* are cut from the U-Net; its meaning still reaches the image through the
-      other tokens' contextualised embeddings (notably EOS/padding), so the effect is often weaker.
-
-    The gap between the two shows how much of a word is carried by other token slots.
-    """
-    if mode not in ("remove", "zero"):
-        raise ValueError(f"mode must be 'remove' or 'zero', got {mode!r}")
-    kwargs = dict(capture=capture, height=height, width=width, negative_prompt=negative_prompt)
-    if mode == "zero":
-        return steer_reweight(pipe, prompt, word, 0.0, seed, steps, guidance, **kwargs)
-    indices = word_token_indices(pipe.tokenizer, prompt, word)
-    edited_prompt = remove_word(prompt, word)
-    noise = _noise(pipe, seed, height, width)
-    base, base_att = _generate(pipe, [prompt], noise, steps, guidance, **kwargs)
-    out, out_att = _generate(pipe, [edited_prompt], noise, steps, guidance, **kwargs)
-    return _result(base[0], out[0], base_att, out_att, indices, prompt, edited_prompt, ())
-
-
-def guidance_sweep(
-    pipe,
-    prompt: str,
-    seed: int = 0,
-    scales: Sequence[float] = (1, 3, 5, 7.5, 10),
-    steps: int = 20,
-    *,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-) -> list[tuple[float, np.ndarray]]:
-    """The same prompt and noise under several classifier-free guidance scales (Ho & Salimans 2022).
-
-    ``ε̂ = ε(x, ∅) + s · (ε(x, c) − ε(x, ∅))``: ``s = 1`` is the plain conditional model (no guidance), larger ``s``
-    pushes further from the unconditional prediction.
-
-    Returns:
-        ``[(scale, (H, W, 3) uint8 image), ...]`` in the order of ``scales``.
-    """
-    noise = _noise(pipe, seed, height, width)
-    out = []
-    for scale in scales:
-        images, _ = _generate(
-            pipe, [prompt], noise, steps, float(scale), height=height, width=width, negative_prompt=negative_prompt
-        )
-        out.append((float(scale), _to_uint8(images[0])))
-    return out

@@ -7,18 +7,8 @@ from tiny_pipelines import build_sd1, build_sdxl, single_thread
 
 from explain.attention import compose_callbacks
 from explain.loading import EMBEDDED_MODEL_DIR, load_pipeline
-from explain.steer import (
-    AttentionSteering,
-    Replace,
-    Reweight,
-    guidance_sweep,
-    remove_word,
-    replace_word,
-    steer_drop,
-    steer_reweight,
-    steer_swap,
-    word_token_indices,
-)
+from explain.steer import AttentionSteering, Replace, Reweight, remove_word, replace_word, word_token_indices
+from explain.steer_runs import guidance_sweep, steer_drop, steer_reweight, steer_swap
 
 PROMPT = "a ginormous red cube"  # slots: BOS, a, gin/orm/ous, red, cube, EOS
 RED = (5,)
