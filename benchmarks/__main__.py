@@ -33,7 +33,7 @@ def _run(args: list[str], python: str | Path = sys.executable) -> None:
 
 def commands(part: str, quick: bool) -> list[tuple[str | Path, list[str]]]:
     """(interpreter, arguments) of each process a part runs."""
-    repeats = ["--repeats", "2" if quick else "7"]
+    repeats = ["--repeats", "2" if quick else "15"]
     if part == "overhead":
         return [(sys.executable, ["-m", "benchmarks.overhead", *repeats])]
     if part == "external":

@@ -95,7 +95,7 @@ def plot(report: dict, path: Path) -> Path:
     twin = ax.twinx()
     twin.plot(x, report["cache_MiB"], color="#d1842f", label="Gradio cache folder (MiB)")
     twin.set_ylabel("cache MiB")
-    fig.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.08, 0.88), fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

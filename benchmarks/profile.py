@@ -3,8 +3,7 @@
 The embedded model, 64x64, 25 steps, guidance 5, capture per head plus the x̂₀ film, exactly as the Denoise tab
 runs it (the pipeline runs in a worker thread, so a sampling profiler that sees every thread is used: py-spy).
 Run: ``python -m benchmarks.profile [--label after] [--repeats 5]``; writes ``benchmarks/results/profile_<label>.json``
-(seconds per generation; the share of samples inside each stage; the top self-time frames) and the raw collapsed
-stacks next to it. Profile an older commit from a ``git worktree`` to get a "before".
+(seconds per generation; the share of samples inside each stage; the top self-time frames). Profile an older commit from a ``git worktree`` to get a "before".
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ PROMPT = "a big red circle on the left and a small blue triangle on the right"
 # stage -> substring of a frame "function (file:line)" that marks it (inclusive time)
 STAGES = {
     "U-Net forward": "UNet2DConditionModel.forward",
-    "cross-attention capture (attn2 processors)": "_CaptureProcessor.__call__",
+    "cross-attention layers (attn2: output and capture)": "_CaptureProcessor.__call__",
     "capture bookkeeping (step close)": "_close_step",
-    "film: x̂₀ decode per step": "FilmRecorder",
-    "VAE decode (final image)": "AutoencoderKL.decode",
+    "film recorder (x̂₀ per step and its VAE decodes)": "FilmRecorder",
+    "VAE decoder (film frames and the final image)": "AutoencoderKL.decode",
     "scheduler step": "step (diffusers/schedulers",
     "text encoder": "CLIPTextModel.forward",
 }
@@ -89,7 +88,6 @@ def main(argv=None) -> dict:
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         raw = raw_path.read_text()
     seconds = [float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("generation ")]
-    (args.out_dir / f"profile_{args.label}.collapsed.txt").write_text(raw)
     report = {
         "benchmark": "profile",
         "label": args.label,

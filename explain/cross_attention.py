@@ -165,8 +165,15 @@ def attention_probs(attn, hidden_states, context, attention_mask=None) -> torch.
 
 
 def probs_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(Q Kᵀ · scale (+ mask)) in float32: (..., N, d) x (..., T, d) -> (..., N, T)."""
-    scores = q.float() @ (k.float() * scale).transpose(-1, -2)  # (..., N, T); K is the small side to scale
+    """softmax(Q Kᵀ · scale (+ mask)) in float32: (..., N, d) x (..., T, d) -> (..., N, T).
+
+    ``q`` and ``k`` share their leading dims; they are flattened into one batched matrix product (``torch.bmm``),
+    about twice as fast on the CPU as a broadcasting ``@`` over 4-5 dims.
+    """
+    lead, n, t = q.shape[:-2], q.shape[-2], k.shape[-2]
+    q3 = q.float().reshape(-1, n, q.shape[-1])  # (L, N, d)
+    k3 = (k.float() * scale).reshape(-1, t, k.shape[-1])  # (L, T, d): K is the small side to scale
+    scores = torch.bmm(q3, k3.transpose(1, 2)).reshape(*lead, n, t)  # (..., N, T)
     if mask is not None:
         scores = scores + mask.float()
     return scores.softmax(dim=-1)
