@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import torch
+
+from demo.app import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "latency.json"
@@ -46,11 +47,11 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 def pipeline_latency(repeats: int) -> dict:
     from explain.attention import AttentionRecorder
-    from explain.loading import load_pipeline
     from explain.session import Engine, GenerationRequest, generate
     from explain.tokens import tokenize_prompt
 
-    pipe = load_pipeline(None, device="cpu")
+    engine = Engine(device="cpu")
+    pipe = engine.pipeline()  # the app's own pipeline: both rows time the same weights, loaded once
     pipe.set_progress_bar_config(disable=True)
     n_used = tokenize_prompt(pipe.tokenizer, PROMPT).n_used
 
@@ -65,7 +66,6 @@ def pipeline_latency(repeats: int) -> dict:
             )
         rec.result()
 
-    engine = Engine()
     request = GenerationRequest(prompt=PROMPT, seed=0, steps=STEPS, guidance=GUIDANCE, height=64, width=64)
 
     def app_path():
@@ -79,20 +79,13 @@ def pipeline_latency(repeats: int) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def gradio_round_trip(repeats: int) -> dict:
     from gradio_client import Client
 
-    from demo.app import build_demo, launch_options
+    from demo.app import serve_local
     from explain.session import Engine
 
-    demo = build_demo(Engine())
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **launch_options())
+    demo, url = serve_local(Engine())
     try:
         client = Client(url, verbose=False)
         args = (PROMPT, "", 0, STEPS, GUIDANCE, "default", 64, 64)
@@ -107,7 +100,7 @@ def cold_start(repeats: int, timeout_s: float = 120.0) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     times = []
     for _ in range(repeats):
-        port = _free_port()
+        port = free_port()
         started = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "app.py", "--port", str(port)],

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -39,22 +38,15 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(n: int, steps: int) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="sd-explorer-plateau-"))
     os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by Gradio when it saves outputs
     from gradio_client import Client
 
-    from demo.app import build_demo, launch_options
+    from demo.app import serve_local
     from explain.session import Engine
 
-    demo = build_demo(Engine())
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **launch_options())
+    demo, url = serve_local(Engine())
     rss, cache_bytes, seconds = [], [], []
     try:
         client = Client(url, verbose=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 import gradio as gr
@@ -15,7 +16,7 @@ from demo.tab_noise import NoiseTab
 from demo.tab_steer import SteerTab
 from demo.tab_usecases import UseCasesTab
 
-__all__ = ["build_demo", "launch_options", "QUEUE_MAX_SIZE", "DELETE_CACHE", "TITLE"]
+__all__ = ["build_demo", "launch_options", "free_port", "serve_local", "QUEUE_MAX_SIZE", "DELETE_CACHE", "TITLE"]
 
 TITLE = "Stable Diffusion Attention Explorer"
 QUEUE_MAX_SIZE = 32  # waiting requests; more get "queue full" instead of an endless wait
@@ -84,3 +85,22 @@ def build_demo(engine=None) -> gr.Blocks:
     check_inputs(demo)  # errors name the field: "Steps must be a number from 1 to 150; got 0 ..."
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on at ``host`` right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def serve_local(engine=None, options: dict | None = None) -> tuple[gr.Blocks, str]:
+    """Build the app on ``engine`` and serve it in this process on a free loopback port, without blocking.
+
+    For tests and benchmarks. ``options``: ``demo.launch`` keyword arguments (default :func:`launch_options`).
+    Returns the Blocks (``.close()`` it) and its local URL.
+    """
+    demo = build_demo(engine)
+    options = launch_options() if options is None else options
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **options)
+    return demo, url

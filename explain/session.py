@@ -271,15 +271,19 @@ class Engine:
 
     def recommended_guidance(self, fallback: float = 7.5) -> float:
         """The guidance scale the model directory recommends (``explorer.json``), else ``fallback``; no weights."""
-        from explain.loading import EMBEDDED_MODEL_DIR, recommended_settings
+        from explain.loading import recommended_settings
 
-        local = Path(self.model).expanduser() if self.model else EMBEDDED_MODEL_DIR
+        local = self._local_dir()
         return recommended_settings(local).get("recommended_guidance", fallback) if local.is_dir() else fallback
 
-    def _config(self, name: str) -> dict:
+    def _local_dir(self) -> Path:
+        """The model's directory on disk (the embedded model's by default); for a Hub id, a path that is no dir."""
         from explain.loading import EMBEDDED_MODEL_DIR
 
-        local = Path(self.model).expanduser() if self.model else EMBEDDED_MODEL_DIR
+        return Path(self.model).expanduser() if self.model else EMBEDDED_MODEL_DIR
+
+    def _config(self, name: str) -> dict:
+        local = self._local_dir()
         if local.is_dir():
             return json.loads((local / name).read_text())
         from huggingface_hub import hf_hub_download

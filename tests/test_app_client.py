@@ -1,7 +1,6 @@
 """The app served in-process and driven through gradio_client, endpoint by endpoint (embedded model)."""
 
 import os
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,21 +14,13 @@ PROMPT = "a big red circle on the left and a small blue triangle on the right"
 STEPS = 5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
-    from demo.app import build_demo, launch_options
+    from demo.app import serve_local
     from explain.session import Engine
 
-    engine = Engine()
-    demo = build_demo(engine)
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **launch_options())
+    demo, local_url = serve_local(Engine())
     yield local_url
     demo.close()
 

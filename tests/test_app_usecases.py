@@ -1,7 +1,6 @@
 """The Use cases tab: handlers on the embedded model, and /upscale, /inpaint served in-process via gradio_client."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.skipif(
     not ((EMBEDDED_MODEL_DIR / "model_index.json").is_file() and task_models_available()),
     reason="embedded model or models/tiny-shapes-tasks missing",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _layer() -> np.ndarray:
@@ -93,13 +86,13 @@ def client(engine, tmp_path_factory):
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
     import gradio as gr
 
-    from demo.app import launch_options
+    from demo.app import free_port, launch_options
     from demo.tab_usecases import UseCasesTab
 
     with gr.Blocks() as demo:
         UseCasesTab(engine).build()
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **launch_options())
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
     yield Client(url, verbose=False)
     demo.close()
 

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,12 +45,6 @@ SEQUENTIAL_RUNS = 100
 CONCURRENT_CLIENTS = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Served:
     """The app served in-process: its URL, Blocks, Engine and Gradio cache folder."""
@@ -73,13 +66,11 @@ def served(tmp_path_factory) -> Served:
     saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")}
     os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)  # this app's files only: the folder the cache test watches
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
-    from demo.app import build_demo, launch_options
+    from demo.app import launch_options, serve_local
     from explain.session import Engine
 
     engine = Engine()
-    demo = build_demo(engine)
-    options = launch_options(delete_cache=CACHE_POLICY)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=_free_port(), quiet=True, **options)
+    demo, url = serve_local(engine, launch_options(delete_cache=CACHE_POLICY))
     try:
         yield Served(url, demo, engine, cache_dir)
     finally:
