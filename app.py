@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -32,15 +33,20 @@ def share_warning(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _stop(signum, frame) -> None:
+    """SIGTERM (a service manager, a container stop, a Space restart) stops the app as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     warning = share_warning(args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
-    from demo.app import build_demo, launch_options
-    from explain.loading import ModelLoadError
-    from explain.session import Engine
+    from demo.app import build_demo, launch_options, shutdown
+    from explain.diffusion.loading import ModelLoadError
+    from explain.engine.session import Engine
 
     engine = Engine(args.model, args.device)
     try:
@@ -51,23 +57,29 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port or None,
-        share=args.share,
-        auth=auth,
-        prevent_thread_lock=True,
-        **launch_options(),
-    )
-    print(f"* Served in {time.perf_counter() - STARTED:.1f} s")
-    if args.share and not demo.share_url:
-        print(
-            "warning: the share tunnel could not be reached; the app is serving locally only at",
-            demo.local_url,
-            file=sys.stderr,
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port or None,
+            share=args.share,
+            auth=auth,
+            prevent_thread_lock=True,
+            **launch_options(),
         )
-    engine.start_warm_up()
-    demo.block_thread()
+        print(f"* Served in {time.perf_counter() - STARTED:.1f} s")
+        if args.share and not demo.share_url:
+            print(
+                "warning: the share tunnel could not be reached; the app is serving locally only at",
+                demo.local_url,
+                file=sys.stderr,
+            )
+        engine.start_warm_up()
+        demo.block_thread()  # returns on Ctrl-C (SIGINT) or SIGTERM
+    except KeyboardInterrupt:
+        pass  # a signal before serving began
+    finally:
+        shutdown(demo)  # every file the app handed out goes, however it was stopped
     return 0
 
 

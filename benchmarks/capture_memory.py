@@ -32,8 +32,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from explain.attention import AttentionRecorder, compose_callbacks
-from explain.tokens import build_clip_tokenizer, tokenize_prompt
+from explain.capture.recorder import AttentionRecorder
+from explain.capture.swap import compose_callbacks
+from explain.clip.tokens import build_clip_tokenizer, tokenize_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results" / "capture_memory.json"
 PROMPT = "a photograph of an astronaut riding a horse"

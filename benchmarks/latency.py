@@ -1,8 +1,8 @@
 """End-to-end latency of the embedded model, the Gradio round trip, and the app's cold start.
 
 - ``pipeline``: ``pipe(prompt)`` at 64x64, 25 steps, classifier-free guidance, with all-step cross-attention
-  capture (:class:`explain.attention.AttentionRecorder`), torch's default threads (2 on the reference machine).
-- ``app_generate``: the app's own path, :func:`explain.session.generate` (capture per head, the per-step x̂₀
+  capture (:class:`explain.capture.recorder.AttentionRecorder`), torch's default threads (2 on the reference machine).
+- ``app_generate``: the app's own path, :func:`explain.engine.session.generate` (capture per head, the per-step x̂₀
   film, streaming updates).
 - ``gradio_round_trip``: ``gradio_client.Client.predict(..., api_name="/generate")`` against the app served
   in-process on a loopback port: queueing, streaming, map rendering and file transfer included.
@@ -46,9 +46,10 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def pipeline_latency(repeats: int) -> dict:
-    from explain.attention import AttentionRecorder
-    from explain.session import Engine, GenerationRequest, generate
-    from explain.tokens import tokenize_prompt
+    from explain.capture.recorder import AttentionRecorder
+    from explain.clip.tokens import tokenize_prompt
+    from explain.engine.requests import GenerationRequest
+    from explain.engine.session import Engine, generate
 
     engine = Engine(device="cpu")
     pipe = engine.pipeline()  # the app's own pipeline: both rows time the same weights, loaded once
@@ -83,7 +84,7 @@ def gradio_round_trip(repeats: int) -> dict:
     from gradio_client import Client
 
     from demo.app import serve_local
-    from explain.session import Engine
+    from explain.engine.session import Engine
 
     demo, url = serve_local(Engine())
     try:

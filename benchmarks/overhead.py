@@ -1,10 +1,10 @@
-"""Capture overhead of :class:`explain.attention.AttentionRecorder` against plain diffusers, in one process.
+"""Capture overhead of :class:`explain.capture.recorder.AttentionRecorder` against plain diffusers, in one process.
 
 The same protocol as the external baselines (:mod:`benchmarks.external.common`): the embedded model, 64x64,
 25 steps, classifier-free guidance 5, one image per call, torch on one thread; each round generates every prompt
 plainly and with the tool, alternating which goes first; the ratio is the median over rounds of tool / plain.
 Tool side: all-step capture of the prompt's tokens in every cross-attention layer (7, the 4x4 mid block
-included), then the word's DAAM map (:func:`explain.heatmap.aggregate`), timed inside the tool's cost.
+included), then the word's DAAM map (:func:`explain.maps.aggregation.aggregate`), timed inside the tool's cost.
 
 Run: ``python -m benchmarks.overhead [--repeats 5] [--steps 25] [--threads 1] [--out FILE]``; writes
 ``benchmarks/results/overhead_explain.json`` by default.
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from benchmarks.external.common import add_arguments, run_benchmark, set_threads, to_uint8, write_result
-from explain.attention import AttentionRecorder
-from explain.heatmap import aggregate
-from explain.loading import EMBEDDED_MODEL_DIR, load_pipeline
-from explain.tokens import tokenize_prompt
+from explain.capture.recorder import AttentionRecorder
+from explain.clip.tokens import tokenize_prompt
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline
+from explain.maps.aggregation import aggregate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead_explain.json"
 

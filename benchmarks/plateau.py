@@ -44,7 +44,7 @@ def run(n: int, steps: int) -> dict:
     from gradio_client import Client
 
     from demo.app import serve_local
-    from explain.session import Engine
+    from explain.engine.session import Engine
 
     demo, url = serve_local(Engine())
     rss, cache_bytes, seconds = [], [], []

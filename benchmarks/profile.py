@@ -1,4 +1,4 @@
-"""Where the time of an app generation goes: py-spy samples of :func:`explain.session.generate`, summarised.
+"""Where the time of an app generation goes: py-spy samples of :func:`explain.engine.session.generate`, summarised.
 
 The embedded model, 64x64, 25 steps, guidance 5, capture per head plus the x̂₀ film, exactly as the Denoise tab
 runs it (the pipeline runs in a worker thread, so a sampling profiler that sees every thread is used: py-spy).
@@ -34,7 +34,8 @@ STAGES = {
 
 def target(repeats: int) -> None:
     """The profiled workload: one warm-up generation, then ``repeats`` timed ones (prints seconds each)."""
-    from explain.session import Engine, GenerationRequest, generate
+    from explain.engine.requests import GenerationRequest
+    from explain.engine.session import Engine, generate
 
     engine = Engine()
     request = GenerationRequest(prompt=PROMPT, seed=0, steps=25, guidance=5.0, height=64, width=64)

@@ -48,7 +48,7 @@ def _machine() -> list[str]:
 
 
 def _overhead() -> list[str]:
-    rows = [("this project (`explain.attention.AttentionRecorder`)", _load("overhead_explain.json"))]
+    rows = [("this project (`explain.capture.recorder.AttentionRecorder`)", _load("overhead_explain.json"))]
     before = _load("overhead_before.json")  # the same benchmark on the commit before the capture rework
     rows += [("DAAM 0.2.0", _load("external_daam.json"))]
     rows += [("attention-map-diffusers 1.0.0", _load("external_amd.json"))]
@@ -124,7 +124,7 @@ def _latency() -> list[str]:
         "|---|---|---|",
         f"| `pipe(prompt)` with all-step capture | **{r['pipeline']['median_s']:.3f} s** | "
         f"{', '.join(map(str, r['pipeline']['times_s']))} |",
-        f"| the app's path (`explain.session.generate`: capture per head, x̂₀ film, streamed previews) | "
+        f"| the app's path (`explain.engine.session.generate`: capture per head, x̂₀ film, streamed previews) | "
         f"{r['app_generate']['median_s']:.3f} s | {', '.join(map(str, r['app_generate']['times_s']))} |",
         f"| Gradio round trip (`gradio_client` → `/generate` → maps, film GIF, files) | "
         f"{r['gradio_round_trip']['median_s']:.3f} s | {', '.join(map(str, r['gradio_round_trip']['times_s']))} |",
@@ -201,7 +201,7 @@ def _profile() -> list[str]:
         return [*lines, "Not run (`python -m benchmarks.profile`).", ""]
     lines += [
         "Command: `python -m benchmarks.profile --label after` (py-spy samples of every thread of "
-        "`explain.session.generate`, 64×64, 25 steps, guidance 5, capture per head and the x̂₀ film); “before” is "
+        "`explain.engine.session.generate`, 64×64, 25 steps, guidance 5, capture per head and the x̂₀ film); “before” is "
         "the same command on the previous commit, from a `git worktree`. Times are under the profiler (py-spy "
         "sampling every thread slows the run); the hot spot it found was the film: every step's x̂₀ was decoded by "
         "the VAE once for the streamed preview and once more for the film. Now about ten previews are streamed, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import shutil
 import tempfile
 import threading
@@ -13,6 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
+
+from demo.guard import MAX_UPLOAD_SIDE, check_image_file, check_number  # re-exported: the checks live in demo/guard.py
+from demo.guard import guard as check_inputs
 
 __all__ = [
     "MODEL_CONCURRENCY",
@@ -41,7 +43,6 @@ PLOT_FORMAT = "png"  # matplotlib figures as PNG: crisp text, no webp artefacts
 IMAGE_FORMAT = "png"  # heat maps are data: lossless
 LESSONS_DIR = Path(__file__).resolve().parent / "lessons"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-MAX_UPLOAD_SIDE = 4096  # pixels, longest side of an uploaded image (checked from the header, before decoding)
 MAX_FILE_SIZE = "10mb"  # the server refuses bigger uploads (launch(max_file_size=...), demo.app.launch_options)
 EXPORT_DIRS_KEPT = 64  # export folders kept on disk; Gradio serves copies from its own cache, so older ones can go
 
@@ -159,113 +160,3 @@ def export_dir() -> Path:
 def export_root() -> Path:
     """The folder that holds every export folder of this process."""
     return _EXPORTS.root()
-
-
-# -- input checks that name the field -------------------------------------------------------------------------------
-def _payload_files(payload) -> list:
-    """The uploaded files of an image payload (gr.Image's ImageData, or gr.ImageEditor's background and layers)."""
-    if payload is None:
-        return []
-    if getattr(payload, "path", None):
-        return [payload]
-    parts = [getattr(payload, "background", None), getattr(payload, "composite", None)]
-    parts += list(getattr(payload, "layers", None) or [])
-    return [f for f in parts if getattr(f, "path", None)]
-
-
-def check_image_file(path: str, name: str, field: str) -> None:
-    """A gr.Error naming ``field`` unless ``path`` is an image of at most MAX_UPLOAD_SIDE pixels a side.
-
-    Only the header is read, so a huge or broken file is refused before it is decoded.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            size = im.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise gr.Error(
-            f"{field}: {name} is not an image this app can read ({type(err).__name__}); upload a PNG, JPEG, WebP, "
-            "BMP or GIF.",
-            title="Please check the input",
-        ) from err
-    if max(size) > MAX_UPLOAD_SIDE:
-        raise gr.Error(
-            f"{field}: {name} is {size[0]} x {size[1]} pixels; the longest side allowed is {MAX_UPLOAD_SIDE}.",
-            title="Please check the input",
-        )
-
-
-def check_number(value, field: str, minimum: float | None, maximum: float | None) -> None:
-    """A gr.Error naming ``field`` and its range unless ``value`` is a finite number within it.
-
-    Gradio's own check says "Value 0 is less than minimum value 1." without the field, and lets NaN through.
-    """
-    low = "-∞" if minimum is None else f"{minimum:g}"
-    high = "∞" if maximum is None else f"{maximum:g}"
-    allowed = f"{field} must be a number from {low} to {high}"
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise gr.Error(f"{allowed}; got {value!r}.", title="Please check the input")
-    if minimum is not None and value < minimum:
-        raise gr.Error(
-            f"{allowed}; got {value:g} (less than minimum value {minimum:g}).", title="Please check the input"
-        )
-    if maximum is not None and value > maximum:
-        raise gr.Error(
-            f"{allowed}; got {value:g} (greater than maximum value {maximum:g}).", title="Please check the input"
-        )
-
-
-def _checked(component, preprocess, payload):
-    """``component.preprocess(payload)`` after this app's checks; every gr.Error names the component's field."""
-    field = component.label or "input"
-    if isinstance(component, gr.Slider | gr.Number) and payload is not None:
-        check_number(payload, field, component.minimum, component.maximum)
-    for file in _payload_files(payload) if isinstance(component, gr.Image | gr.ImageEditor) else []:
-        check_image_file(file.path, Path(file.orig_name or file.path).name, field)
-    try:
-        return preprocess(payload)
-    except gr.Error as err:
-        message = str(err.message)
-        if message.startswith(field):
-            raise
-        raise gr.Error(f"{field}: {message}", title="Please check the input") from err
-    except (OSError, ValueError) as err:  # e.g. an image whose header was fine but whose data is truncated
-        if not isinstance(component, gr.Image | gr.ImageEditor):
-            raise
-        raise gr.Error(
-            f"{field}: the upload could not be decoded ({type(err).__name__}); upload a PNG, JPEG or WebP.",
-            title="Please check the input",
-        ) from err
-
-
-CHECKED_INPUTS = (gr.Slider, gr.Number, gr.Image, gr.ImageEditor, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
-
-
-def check_inputs(blocks: gr.Blocks) -> int:
-    """Give every input component of ``blocks`` checks whose errors name the field; returns how many.
-
-    Sliders and numbers refuse NaN, infinities and values out of range with "<label> must be a number from A to B";
-    image inputs refuse files that are not images, or larger than MAX_UPLOAD_SIDE, before Gradio decodes them (it
-    would fail with a generic "the app raised an exception"); Gradio's own errors (a choice not in a dropdown) get
-    the label in front. Gradio has no hook before its preprocessing, and a component subclass makes Gradio write a
-    ``.pyi`` stub next to its module, so each instance's ``preprocess`` is wrapped. A ``gr.update`` of a component's
-    properties rebuilds it for that session without the wrapper (the Denoise tab's step slider and head/layer menus):
-    Gradio's own checks still apply there, and those handlers check the values again.
-    """
-    count = 0
-    for block in blocks.blocks.values():
-        if isinstance(block, CHECKED_INPUTS) and not getattr(block.preprocess, "checked", False):
-            block.preprocess = _checked_preprocess(block)
-            count += 1
-    return count
-
-
-def _checked_preprocess(component):
-    preprocess = component.preprocess
-
-    def checked(payload):
-        return _checked(component, preprocess, payload)
-
-    checked.checked = True
-    return checked

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import threading
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 import gradio as gr
 import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, TAB_IDS, explain, export_dir, lesson, user_errors
+from explain.capture.film import noisy_image
+from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, SCHEDULER_CHOICES, GenerationRequest, finite, whole
+from explain.engine.run import RunProgress
+from explain.engine.session import StepUpdate, generate, generate_stream
+from explain.io.exports import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
+from explain.maps.aggregation import NORMALIZATIONS
+from explain.maps.views import layer_shapes, word_maps
 
 __all__ = ["AttendTab", "DEFAULTS"]
 
@@ -41,23 +50,74 @@ FUNCTION_WORDS = ("a", "an", "the", "and", "on", "at", "in", "of")  # hidden by 
 RECENT_RESULTS = 4  # preset results kept for the restore step (a few MB each on the embedded model)  # Stop must not wait behind the run it stops
 
 
+def _parsed(value):
+    """Numeric text as a float (a raw API client may send ``"3"``); anything else as it came."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _number(value, name: str) -> float:
-    """``value`` as a finite float, or a gr.Error naming the field (NaN and infinities are not numbers here)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise gr.Error(f"{name} must be a finite number (got {value!r}).", title="Please check the input")
-    return number
+    """``value`` as a finite float (:func:`explain.engine.requests.finite`), or a gr.Error naming the field."""
+    with user_errors():
+        return finite(name, _parsed(value))
 
 
 def _whole(value, name: str) -> int:
-    """``value`` as an int, or a gr.Error naming the field when it is not a whole number."""
-    number = _number(value, name)
-    if not number.is_integer():
-        raise gr.Error(f"{name} must be a whole number (got {value}).", title="Please check the input")
-    return int(number)
+    """``value`` as an int (:func:`explain.engine.requests.whole`), or a gr.Error naming the field."""
+    with user_errors():
+        return whole(name, _parsed(value))
+
+
+@dataclass(frozen=True)
+class MapQuery:
+    """The map controls of the tab (the components in ``view_inputs`` after the state), read once per event."""
+
+    step: object = None
+    all_steps: bool = True
+    parts: tuple = ()
+    downsamples: tuple = ()
+    heads: tuple = ()
+    normalization: str = "minmax"
+    threshold: float = 0
+    content_only: bool = True
+
+
+class Generated(NamedTuple):
+    """What a finished generation sends to the tab's components (``gen_outputs``, in order)."""
+
+    image: object
+    status: str
+    state: object
+    gallery: list
+    pair: list
+    film: str
+    step: dict
+    heads: dict
+    layer: dict
+    qkv: str
+
+
+class MapOutputs(NamedTuple):
+    """The map views of one query (``view_outputs``, in order)."""
+
+    gallery: list
+    masks: list
+    pair: list
+    info: str
+
+
+class ExportFiles(NamedTuple):
+    """The download buttons' files and the permalink."""
+
+    grid: str
+    film: str
+    npz: str
+    settings: str
+    link: str
 
 
 def _fmt_shape(*dims: int) -> str:
@@ -78,7 +138,6 @@ class AttendTab:
     # -- generation -------------------------------------------------------------------------------------------------
     def _request(self, prompt, negative, seed, steps, guidance, scheduler, height=None, width=None):
         """The request from the form's values; every field is checked again by ``GenerationRequest.validate``."""
-        from explain.session import GenerationRequest
 
         return GenerationRequest(
             prompt=prompt or "",
@@ -105,7 +164,6 @@ class AttendTab:
         progress=gr.Progress(),  # noqa: B008  (Gradio injects the tracker through this default)
     ):
         """Stream x̂₀ previews while denoising; finish with the image, the word maps and the film."""
-        from explain.session import RunProgress, StepUpdate, generate_stream
 
         req = self._request(prompt, negative, seed, steps, guidance, scheduler, height, width)
         pipe = self.engine.pipeline()
@@ -143,21 +201,20 @@ class AttendTab:
                 if self._stops.get(session, (None,))[0] is stop and not stop.is_set():
                     del self._stops[session]
 
-    def _finish(self, result) -> tuple:
+    def _finish(self, result) -> Generated:
         """Final outputs of a generation: image, status, state, gallery, x_t/x̂₀ pair, film, control updates."""
-        from explain.result_views import export_film_gif
 
         stopped = f" **Stopped early** after {result.steps_done} steps." if result.interrupted else ""
         status = (
             f"Done: {result.steps_done} steps with {result.scheduler} in {result.seconds:.1f} s "
             f"(seed {result.request.seed}, guidance {result.request.guidance:g}).{stopped}"
         )
-        view = self._map_view(result, None, True, None, None, None, "minmax", 0)
+        view = self._map_view(result, MapQuery())
         film = export_film_gif(result, export_dir() / "film.gif", preview=self.engine.latent_preview())
         last = max(0, result.captured.n_steps - 1)
-        heads = min(m.shape[2] for m in result.captured.maps.values())
+        heads = min(result.captured.layer_heads.values())
         layers = list(result.captured.layer_names)
-        return (
+        return Generated(
             result.image,
             status,
             result,
@@ -172,7 +229,7 @@ class AttendTab:
         )
 
     def progress(self, session: str):
-        """The live :class:`explain.session.RunProgress` of a session's running run, or of its last stopped or
+        """The live :class:`explain.engine.run.RunProgress` of a session's running run, or of its last stopped or
         cancelled one (None when there is none)."""
         with self._stops_lock:
             entry = self._stops.get(session)
@@ -197,24 +254,20 @@ class AttendTab:
             raise gr.Error("Generate an image first (or click a preset): the maps come from a generation.")
         return result
 
-    def _map_view(
-        self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
-    ):
-        from explain.result_views import word_maps
-
+    def _map_view(self, result, query: MapQuery):
         # step and heads are re-checked here: a generation rebuilds their components (new range, new choices)
-        steps = None if all_steps or step is None else [_whole(step, "step")]
-        head_list = [_whole(h, "head") for h in heads] if heads else None
+        steps = None if query.all_steps or query.step is None else [_whole(query.step, "step")]
+        head_list = [_whole(h, "head") for h in query.heads] if query.heads else None
         with user_errors():
             return word_maps(
                 result,
                 steps=steps,
-                parts=parts or None,
-                downsamples=[int(d) for d in downsamples] if downsamples else None,
+                parts=query.parts or None,
+                downsamples=[int(d) for d in query.downsamples] if query.downsamples else None,
                 heads=head_list,
-                normalization=normalization or "minmax",
-                threshold=float(threshold) if threshold else None,
-                skip_words=FUNCTION_WORDS if content_only else (),
+                normalization=query.normalization or "minmax",
+                threshold=float(query.threshold) if query.threshold else None,
+                skip_words=FUNCTION_WORDS if query.content_only else (),
             )
 
     @staticmethod
@@ -226,18 +279,17 @@ class AttendTab:
         """x_t (the noisy sample after the step, linear latent preview) and x̂₀ at ``step``."""
         frames = result.frames
         frame = frames[min(max(int(step), 0), len(frames) - 1)]
-        preview = self.engine.latent_preview()
-        scale = result.size[0] // frame.latents.shape[-2]
-        noisy = preview(frame.latents)[0].repeat(scale, axis=0).repeat(scale, axis=1)
+        noisy = noisy_image(frame, self.engine.latent_preview(), result.size)
         shown = "x̂₀ (predicted clean image)" if frame.source == "x0" else "x_t (no x̂₀ from this scheduler)"
         return [(noisy, f"x_t after step {frame.step + 1}"), (frame.image[0], shown)]
 
-    def maps(self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True):
+    def maps(
+        self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
+    ) -> MapOutputs:
         """Per-word overlays (and masks above the threshold) for the chosen steps, layers, heads and normalisation."""
         result = self._need(result)
-        view = self._map_view(
-            result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only
-        )
+        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only)
+        view = self._map_view(result, query)
         when = "all steps" if all_steps else f"step {int(step) + 1} of {result.captured.n_steps}"
         info = (
             f"Showing **{when}**, {len(view.layers)} of {len(result.captured.layer_names)} layers, "
@@ -245,12 +297,8 @@ class AttendTab:
             f"{normalization} normalisation."
         )
         masks = self._gallery(view, masks=True) if view.masks is not None else []
-        return (
-            self._gallery(view),
-            masks,
-            self._film_pair(result, int(step) if not all_steps else len(result.frames) - 1),
-            info,
-        )
+        pair = self._film_pair(result, int(step) if not all_steps else len(result.frames) - 1)
+        return MapOutputs(self._gallery(view), masks, pair, info)
 
     def maps_at_step(
         self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
@@ -263,14 +311,13 @@ class AttendTab:
 
     def qkv(self, result, layer: str) -> str:
         """Q, K, V and attention shapes of one cross-attention layer, with this run's numbers."""
-        from explain.result_views import layer_shapes
 
         result = self._need(result)
         height, width = result.size
         with user_errors():
             s = layer_shapes(self.engine.pipeline(), layer, height, width)
         h, w = s.feature_hw
-        batch = 2 if result.request.guidance > 1 else 1
+        batch = result.captured.batch_size * (2 if result.captured.guided else 1)  # the U-Net batch of this run
         return "\n".join(
             [
                 f"**`{s.name}`**: {s.heads} heads × {s.head_dim} dims; feature map {h} × {w} = {s.n_queries} positions.",
@@ -304,12 +351,10 @@ class AttendTab:
         request: gr.Request,
     ):
         """Files of the current view: heat-map grid (PNG), film (GIF), raw maps (NPZ), settings (JSON)."""
-        from explain.result_views import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
 
         result = self._need(result)
-        view = self._map_view(
-            result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only
-        )
+        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only)
+        view = self._map_view(result, query)
         folder = export_dir()
         grid = export_grid_png(
             result, view, folder / "heatmaps.png", title=f"“{result.request.prompt}”, seed {result.request.seed}"
@@ -317,7 +362,8 @@ class AttendTab:
         film = export_film_gif(result, folder / "film.gif")
         npz = export_maps_npz(result, folder / "maps.npz")
         settings = export_settings_json(result, folder / "settings.json", model=self.engine.model)
-        return str(grid), str(film), str(npz), str(settings), self.permalink(*self._request_fields(result), request)
+        link = self.permalink(*self._request_fields(result), request)
+        return ExportFiles(str(grid), str(film), str(npz), str(settings), link)
 
     @staticmethod
     def _request_fields(result) -> list:
@@ -327,7 +373,6 @@ class AttendTab:
     # -- presets and permalinks ---------------------------------------------------------------------------------------
     def preset(self, prompt, negative, seed, steps, guidance, scheduler):
         """A whole generation without streaming (what the lazily cached presets store)."""
-        from explain.session import generate
 
         req = self._request(prompt, negative, seed, steps, guidance, scheduler)
         with user_errors():
@@ -341,7 +386,6 @@ class AttendTab:
 
     def restore(self, prompt, negative, seed, steps, guidance, scheduler, height, width, result):
         """After a cached preset: rebuild this session's explorable result (the cache holds only pictures)."""
-        from explain.session import generate
 
         req = self._request(prompt, negative, seed, steps, guidance, scheduler, height, width)
         if result is not None and result.request == req:
@@ -358,7 +402,6 @@ class AttendTab:
 
     def from_url(self, request: gr.Request):
         """Settings from the page's query string (?prompt=...&seed=...&tab=attend), for shareable links."""
-        from explain.session import SCHEDULER_CHOICES
 
         query = dict(request.query_params) if request is not None else {}
 
@@ -403,14 +446,26 @@ class AttendTab:
     # -- layout -----------------------------------------------------------------------------------------------------
     def build(self, pipe_limits) -> dict:
         """Create the tab (call inside ``gr.Tab``); returns the inputs that permalinks restore."""
-        from explain.heatmap import NORMALIZATIONS
-        from explain.session import MAX_GUIDANCE, MAX_STEPS, SCHEDULER_CHOICES
-
-        multiple, default_hw, max_side = pipe_limits
         assert {v for _, v in NORMALIZATION_CHOICES} == set(NORMALIZATIONS)  # noqa: S101  (choices follow explain/)
         lesson("attend")
-        state = gr.State(None)
-        # Shown further down, but the presets (next to the inputs) need them now.
+        ui = SimpleNamespace(state=gr.State(None))
+        vars(ui).update(self._deferred_outputs())  # shown further down, but the presets (next to the inputs) need them
+        vars(ui).update(self._build_form(ui, pipe_limits))
+        vars(ui).update(self._build_maps(ui))
+        vars(ui).update(self._build_film_and_qkv(ui))
+        ui.gen_inputs = [ui.prompt, ui.negative, ui.seed, ui.steps, ui.guidance, ui.scheduler, ui.height, ui.width]
+        ui.gen_outputs = [ui.image, ui.status, ui.state, ui.gallery, ui.pair, ui.film, ui.step, ui.heads, ui.layer]
+        ui.gen_outputs.append(ui.qkv_md)
+        ui.view_inputs = [ui.state, ui.step, ui.all_steps, ui.parts, ui.downsamples, ui.heads]
+        ui.view_inputs += [ui.normalization, ui.threshold, ui.content_only]
+        self._wire_generation(ui)
+        self._wire_views(ui)
+        self._wire_presets(ui)
+        return {"inputs": ui.gen_inputs}
+
+    @staticmethod
+    def _deferred_outputs() -> dict:
+        """The gallery, x_t/x̂₀ pair and film: created first (render=False), rendered in their own sections."""
         gallery = gr.Gallery(
             elem_classes=["pixels"],
             label="Cross-attention per word (red = strong)",
@@ -438,6 +493,11 @@ class AttendTab:
             interactive=False,
             render=False,
         )
+        return dict(gallery=gallery, pair=pair, film=film)
+
+    def _build_form(self, ui, pipe_limits) -> dict:
+        """The generation form, the live image and the presets."""
+        multiple, default_hw, max_side = pipe_limits
         with gr.Row():
             with gr.Column(scale=3):
                 prompt = gr.Textbox(DEFAULTS["prompt"], label="Prompt", lines=2)
@@ -468,22 +528,47 @@ class AttendTab:
                     elem_classes=["pixels"],
                     interactive=False,
                 )
-                examples = gr.Examples(
-                    [[*row[:4], self.guidance, *row[5:]] for row in PRESETS],  # the model's own guidance
-                    inputs=[prompt, negative, seed, steps, guidance, scheduler],
-                    outputs=[image, status, gallery, pair, film],
-                    fn=self.preset,
-                    cache_examples=True,
-                    cache_mode="lazy",
-                    label="Presets (one click)",
-                    example_labels=PRESET_LABELS,
-                )
+                examples = self._presets(prompt, negative, seed, steps, guidance, scheduler, image, status, ui)
             with gr.Column(scale=1):
                 explain(
                     "While it runs you see the model's **current guess of the final image** (x̂₀) after each step: "
                     "blurry blobs first, details last. **Stop** ends the run after the current step. Same seed and "
                     "settings → the same picture, every time."
                 )
+        return dict(
+            prompt=prompt,
+            negative=negative,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            height=height,
+            width=width,
+            gen_btn=gen_btn,
+            stop_btn=stop_btn,
+            status=status,
+            stop_note=stop_note,
+            image=image,
+            examples=examples,
+        )
+
+    def _presets(self, prompt, negative, seed, steps, guidance, scheduler, image, status, ui) -> gr.Examples:
+        """One-click presets, run without streaming and cached lazily (:meth:`preset`)."""
+        return gr.Examples(
+            [[*row[:4], self.guidance, *row[5:]] for row in PRESETS],  # the model's own guidance
+            inputs=[prompt, negative, seed, steps, guidance, scheduler],
+            outputs=[image, status, ui.gallery, ui.pair, ui.film],
+            fn=self.preset,
+            cache_examples=True,
+            cache_mode="lazy",
+            label="Presets (one click)",
+            example_labels=PRESET_LABELS,
+        )
+
+    @staticmethod
+    def _build_maps(ui) -> dict:
+        """Where each word looks: the per-word gallery, masks and the map controls."""
+        gallery = ui.gallery
         gr.Markdown("### Where each word looks")
         with gr.Row():
             with gr.Column(scale=3):
@@ -522,6 +607,23 @@ class AttendTab:
             threshold = gr.Slider(0, 1, value=0.4, step=0.05, label="Mask threshold (0 = no mask)")
             content_only = gr.Checkbox(True, label="Content words only (hide a, the, on, and …)")
         map_info = gr.Markdown(elem_id="attend-map-info")
+        return dict(
+            masks=masks,
+            step=step,
+            all_steps=all_steps,
+            parts=parts,
+            downsamples=downsamples,
+            heads=heads,
+            normalization=normalization,
+            threshold=threshold,
+            content_only=content_only,
+            map_info=map_info,
+        )
+
+    @staticmethod
+    def _build_film_and_qkv(ui) -> dict:
+        """The film, the Q/K/V table of one layer and the downloads."""
+        pair, film = ui.pair, ui.film
         gr.Markdown("### The denoising film and the attention arithmetic")
         with gr.Row():
             with gr.Column(scale=2):
@@ -551,64 +653,95 @@ class AttendTab:
             json_file = gr.DownloadButton("Settings (JSON)", value=None)
         link = gr.Textbox(label="Permalink: open it to get these settings back", buttons=["copy"], interactive=False)
 
-        gen_inputs = [prompt, negative, seed, steps, guidance, scheduler, height, width]
-        gen_outputs = [image, status, state, gallery, pair, film, step, heads, layer, qkv_md]
-        gen_event = gen_btn.click(
+        return dict(
+            layer=layer,
+            qkv_md=qkv_md,
+            export_btn=export_btn,
+            grid_file=grid_file,
+            film_file=film_file,
+            npz_file=npz_file,
+            json_file=json_file,
+            link=link,
+        )
+
+    def _wire_generation(self, ui) -> None:
+        """Generate (streamed) and Stop."""
+        gen_event = ui.gen_btn.click(
             self.generate,
-            gen_inputs,
-            gen_outputs,
+            ui.gen_inputs,
+            ui.gen_outputs,
             api_name="generate",
             concurrency_id=MODEL_CONCURRENCY,
             concurrency_limit=1,
         )
-        prompt.submit(
-            self.generate, gen_inputs, gen_outputs, api_visibility="undocumented", concurrency_id=MODEL_CONCURRENCY
+        ui.prompt.submit(
+            self.generate,
+            ui.gen_inputs,
+            ui.gen_outputs,
+            api_visibility="undocumented",
+            concurrency_id=MODEL_CONCURRENCY,
         )
-        gen_btn.click(lambda: "", None, [stop_note], api_visibility="private", queue=False)
-        stop_btn.click(
+        ui.gen_btn.click(lambda: "", None, [ui.stop_note], api_visibility="private", queue=False)
+        ui.stop_btn.click(
             self.stop,
             None,
-            [stop_note],
+            [ui.stop_note],
             cancels=[gen_event],
             api_name="stop",
             concurrency_id=STOP_CONCURRENCY,
             concurrency_limit=None,
         )
-        view_inputs = [state, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only]
-        view_outputs = [gallery, masks, pair, map_info]
+
+    def _wire_views(self, ui) -> None:
+        """Map controls, the step slider, the Q/K/V layer, downloads and the permalink."""
+        view_outputs = [ui.gallery, ui.masks, ui.pair, ui.map_info]
         gr.on(
             [
-                all_steps.input,
-                parts.input,
-                downsamples.input,
-                heads.input,
-                normalization.input,
-                threshold.release,
-                content_only.input,
+                ui.all_steps.input,
+                ui.parts.input,
+                ui.downsamples.input,
+                ui.heads.input,
+                ui.normalization.input,
+                ui.threshold.release,
+                ui.content_only.input,
             ],
             self.maps,
-            view_inputs,
+            ui.view_inputs,
             view_outputs,
             api_name="maps",
         )
-        step.release(self.maps_at_step, view_inputs, [*view_outputs, all_steps], api_visibility="undocumented")
-        layer.input(self.qkv, [state, layer], [qkv_md], api_name="qkv")
-        export_btn.click(
-            self.export, view_inputs, [grid_file, film_file, npz_file, json_file, link], api_name="export"
+        ui.step.release(
+            self.maps_at_step, ui.view_inputs, [*view_outputs, ui.all_steps], api_visibility="undocumented"
+        )
+        ui.layer.input(self.qkv, [ui.state, ui.layer], [ui.qkv_md], api_name="qkv")
+        ui.export_btn.click(
+            self.export,
+            ui.view_inputs,
+            [ui.grid_file, ui.film_file, ui.npz_file, ui.json_file, ui.link],
+            api_name="export",
         )
         gr.on(
-            [gen_btn.click, prompt.blur, negative.blur, seed.change, steps.release, guidance.release, scheduler.input],
+            [
+                ui.gen_btn.click,
+                ui.prompt.blur,
+                ui.negative.blur,
+                ui.seed.change,
+                ui.steps.release,
+                ui.guidance.release,
+                ui.scheduler.input,
+            ],
             self.permalink,
-            gen_inputs,
-            [link],
+            ui.gen_inputs,
+            [ui.link],
             api_name="permalink",
         )
 
-        examples.cache_event.then(
+    def _wire_presets(self, ui) -> None:
+        """After a cached preset: rebuild the session's explorable result, then its permalink (registered last)."""
+        ui.examples.cache_event.then(
             self.restore,
-            gen_inputs + [state],
-            [state, step, heads, layer, qkv_md],
+            ui.gen_inputs + [ui.state],
+            [ui.state, ui.step, ui.heads, ui.layer, ui.qkv_md],
             api_visibility="private",
             concurrency_id=MODEL_CONCURRENCY,
-        ).then(self.permalink, gen_inputs, [link], api_visibility="private")
-        return {"inputs": gen_inputs}
+        ).then(self.permalink, ui.gen_inputs, [ui.link], api_visibility="private")

@@ -6,8 +6,14 @@ import html
 
 import gradio as gr
 import numpy as np
+import torch
+from PIL import Image
 
 from demo.common import MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, open_image, user_errors
+from explain.clip.contrastive import contrastive_step, text_hidden_states, zero_shot
+from explain.clip.tokens import TokenKind, tokenize_prompt
+from explain.io.figures import clip_logits_figure
+from explain.world import Scene, WorldObject, make_batch, render
 
 __all__ = ["ClipTab"]
 
@@ -44,7 +50,6 @@ class ClipTab:
     # -- handlers ---------------------------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> tuple[str, list[list], str]:
         """The 77 slots as coloured chips, a slot table (used slots) and a one-line summary."""
-        from explain.tokens import TokenKind, tokenize_prompt
 
         with user_errors():
             if not prompt or not prompt.strip():
@@ -79,7 +84,6 @@ class ClipTab:
         return f'<div class="slot-strip">{"".join(chips)}</div>', rows, summary
 
     def _world(self, n: int, seed: int):
-        from explain.world import make_batch
 
         with user_errors():
             if not 1 <= int(n) <= MAX_WORLD:
@@ -96,11 +100,6 @@ class ClipTab:
         self, n: int, seed: int, uploads: list[str] | None, texts: str, override: bool, scale: float
     ) -> tuple[object, str, list[list], list[list], str]:
         """The seed's CLIP pseudocode on (world samples + uploads) x texts; every intermediate shown."""
-        import torch
-        from PIL import Image
-
-        from explain.clip_contrastive import contrastive_step
-        from explain.figures import clip_logits_figure
 
         scenes = self._world(n, seed)
         uploads = list(uploads or [])
@@ -181,7 +180,6 @@ class ClipTab:
 
     def zero_shot(self, image, classes: str) -> dict[str, float]:
         """Zero-shot classification: softmax over the candidate captions of exp(t)·cos(I_e, T_e)."""
-        from explain.clip_contrastive import zero_shot
 
         if image is None:
             raise gr.Error("Upload an image (or click a preset) to classify.")
@@ -195,8 +193,6 @@ class ClipTab:
 
     def text_states(self, prompt: str) -> tuple[str, list[list]]:
         """Per-token hidden states (what the U-Net attends to) vs the pooled EOS vector (what CLIP's loss sees)."""
-        from explain.clip_contrastive import text_hidden_states
-        from explain.tokens import tokenize_prompt
 
         with user_errors():
             if not prompt or not prompt.strip():
@@ -241,9 +237,14 @@ class ClipTab:
     # -- layout -----------------------------------------------------------------------------------------------------
     def build(self) -> list:
         """Create the tab's components and events (call inside ``gr.Tab``); returns the outputs of :meth:`on_load`."""
-        from explain.world import Scene, WorldObject, make_batch, render
-
         lesson("clip")
+        strip, table, summary = self._build_tokens()
+        gallery, texts, clip_outputs = self._build_pseudocode()
+        hs_md, hs_df = self._build_zero_shot()
+        return [strip, table, summary, gallery, texts, *clip_outputs, hs_md, hs_df]
+
+    def _build_tokens(self) -> tuple:
+        """Section 1: the 77 token slots of a prompt."""
         gr.Markdown("### 1 · Tokenisation: the 77 slots")
         with gr.Row():
             with gr.Column(scale=3):
@@ -275,64 +276,17 @@ class ClipTab:
             label="Presets",
             example_labels=["a normal prompt", "an unknown word → split into pieces", "too long → truncated"],
         )
+        return strip, table, summary
 
+    def _build_pseudocode(self) -> tuple:
+        """Section 2: the CLIP paper's pseudocode run on a batch of world samples (and uploads)."""
         gr.Markdown("### 2 · The CLIP pseudocode, run live on a batch")
-        logits_plot = gr.Plot(
-            show_label=False,
-            label="n × n logits (rows: images, columns: captions)",
-            format=PLOT_FORMAT,
-            render=False,
-            elem_id="clip-logits",
-        )
-        loss_md = gr.Markdown(render=False)
-        code = gr.Code(
-            language="python",
-            label="The pseudocode, with this batch's values",
-            lines=11,
-            wrap_lines=True,
-            render=False,
-        )
-        row_df = gr.Dataframe(label="Row softmax (image → text): rows sum to 1; loss_t uses it", render=False)
-        col_df = gr.Dataframe(label="Column softmax (text → image): columns sum to 1; loss_i uses it", render=False)
+        logits_plot, code, row_df, col_df, loss_md = self._pseudocode_outputs()
         clip_outputs = [logits_plot, code, row_df, col_df, loss_md]
         with gr.Row():
-            with gr.Column(scale=2):
-                with gr.Row():
-                    n_world = gr.Slider(1, MAX_WORLD, value=4, step=1, label="World samples", scale=2)
-                    world_seed = gr.Number(0, label="Sample seed", precision=0, minimum=0, scale=1)
-                    sample_btn = gr.Button("Draw", scale=1)
-                gallery = gr.Gallery(
-                    elem_classes=["pixels"],
-                    label="Images I1, I2, …",
-                    columns=MAX_WORLD // 2,
-                    height=170,
-                    format="png",
-                    object_fit="contain",
-                )
-                texts = gr.Textbox(label="Captions T1, T2, … one per line (empty: the true captions)", lines=4)
-                with gr.Accordion("Add your own images", open=False):
-                    uploads = gr.File(
-                        label="Images (type one caption line for each)",
-                        file_count="multiple",
-                        file_types=["image"],
-                        height=120,
-                    )
-                with gr.Row():
-                    override = gr.Checkbox(False, label="Override the learned exp(t)")
-                    scale = gr.Slider(1, 100, value=10, step=0.5, label="exp(t) = 1 / temperature")
-                run_btn = gr.Button("Run CLIP", variant="primary")
-                captions = [s.caption for s in make_batch(4, 0)]
-                swapped = "\n".join([captions[1], captions[0], *captions[2:]])
-                gr.Examples(
-                    [[4, 0, "", False, 10], [4, 0, swapped, False, 10], [4, 0, "", True, 2]],
-                    inputs=[n_world, world_seed, texts, override, scale],
-                    outputs=clip_outputs,
-                    fn=lambda n, seed, text, ovr, sc: self.run_clip(n, seed, None, text, ovr, sc),
-                    cache_examples=True,
-                    cache_mode="lazy",
-                    label="Presets",
-                    example_labels=["true captions", "T1 and T2 swapped: the loss jumps", "exp(t) = 2: soft, unsure"],
-                )
+            n_world, world_seed, gallery, texts, uploads, override, scale, sample_btn, run_btn = self._batch_form(
+                clip_outputs
+            )
             with gr.Column(scale=3):
                 logits_plot.render()
                 explain(
@@ -372,7 +326,73 @@ class ClipTab:
             api_visibility="undocumented",
             concurrency_id=MODEL_CONCURRENCY,
         )
+        return gallery, texts, clip_outputs
 
+    @staticmethod
+    def _pseudocode_outputs() -> tuple:
+        """Logits plot, pseudocode, row and column softmax tables, loss: created first, rendered in place."""
+        logits_plot = gr.Plot(
+            show_label=False,
+            label="n × n logits (rows: images, columns: captions)",
+            format=PLOT_FORMAT,
+            render=False,
+            elem_id="clip-logits",
+        )
+        loss_md = gr.Markdown(render=False)
+        code = gr.Code(
+            language="python",
+            label="The pseudocode, with this batch's values",
+            lines=11,
+            wrap_lines=True,
+            render=False,
+        )
+        row_df = gr.Dataframe(label="Row softmax (image → text): rows sum to 1; loss_t uses it", render=False)
+        col_df = gr.Dataframe(label="Column softmax (text → image): columns sum to 1; loss_i uses it", render=False)
+        return logits_plot, code, row_df, col_df, loss_md
+
+    def _batch_form(self, clip_outputs: list) -> tuple:
+        """The batch: world samples, captions, uploads, exp(t) and the presets (left column of section 2)."""
+        with gr.Column(scale=2):
+            with gr.Row():
+                n_world = gr.Slider(1, MAX_WORLD, value=4, step=1, label="World samples", scale=2)
+                world_seed = gr.Number(0, label="Sample seed", precision=0, minimum=0, scale=1)
+                sample_btn = gr.Button("Draw", scale=1)
+            gallery = gr.Gallery(
+                elem_classes=["pixels"],
+                label="Images I1, I2, …",
+                columns=MAX_WORLD // 2,
+                height=170,
+                format="png",
+                object_fit="contain",
+            )
+            texts = gr.Textbox(label="Captions T1, T2, … one per line (empty: the true captions)", lines=4)
+            with gr.Accordion("Add your own images", open=False):
+                uploads = gr.File(
+                    label="Images (type one caption line for each)",
+                    file_count="multiple",
+                    file_types=["image"],
+                    height=120,
+                )
+            with gr.Row():
+                override = gr.Checkbox(False, label="Override the learned exp(t)")
+                scale = gr.Slider(1, 100, value=10, step=0.5, label="exp(t) = 1 / temperature")
+            run_btn = gr.Button("Run CLIP", variant="primary")
+            captions = [s.caption for s in make_batch(4, 0)]
+            swapped = "\n".join([captions[1], captions[0], *captions[2:]])
+            gr.Examples(
+                [[4, 0, "", False, 10], [4, 0, swapped, False, 10], [4, 0, "", True, 2]],
+                inputs=[n_world, world_seed, texts, override, scale],
+                outputs=clip_outputs,
+                fn=lambda n, seed, text, ovr, sc: self.run_clip(n, seed, None, text, ovr, sc),
+                cache_examples=True,
+                cache_mode="lazy",
+                label="Presets",
+                example_labels=["true captions", "T1 and T2 swapped: the loss jumps", "exp(t) = 2: soft, unsure"],
+            )
+        return n_world, world_seed, gallery, texts, uploads, override, scale, sample_btn, run_btn
+
+    def _build_zero_shot(self) -> tuple:
+        """Section 3: zero-shot classification, and the text encoder's hidden states the U-Net attends to."""
         gr.Markdown("### 3 · Zero-shot classification, and the tensor Stable Diffusion really uses")
         with gr.Row():
             with gr.Column(scale=1):
@@ -415,4 +435,4 @@ class ClipTab:
         hs_btn.click(
             self.text_states, [hs_prompt], [hs_md, hs_df], api_name="text_states", concurrency_id=MODEL_CONCURRENCY
         )
-        return [strip, table, summary, gallery, texts, *clip_outputs, hs_md, hs_df]
+        return hs_md, hs_df

@@ -6,8 +6,18 @@ import threading
 
 import gradio as gr
 import numpy as np
+import torch
+from PIL import Image
 
 from demo.common import MODEL_CONCURRENCY, PLOT_FORMAT, explain, export_dir, lesson, open_image, user_errors
+from explain.diffusion.geometry import Geometry
+from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels
+from explain.diffusion.markov import WeatherChain
+from explain.diffusion.noising import ForwardSchedule, forward_chains, strength_to_start_step
+from explain.engine.requests import MAX_STEPS
+from explain.io.figures import markov_figure, noising_strip_figure, pixels_to_rgb, schedule_figure
+from explain.io.formats import captioned_pair, write_gif
+from explain.world import make_batch
 
 __all__ = ["NoiseTab"]
 
@@ -22,6 +32,11 @@ SOURCES = ("world sample", "upload")
 CACHE_ENTRIES = 16
 
 
+def _uint8(x: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] -> uint8."""
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
 class NoiseTab:
     """Handlers and layout of the forward-noising tab."""
 
@@ -33,8 +48,6 @@ class NoiseTab:
     # -- the toy chain ----------------------------------------------------------------------------------------------
     def markov(self, steps: int, n_paths: int, start: str, seed: int) -> tuple[object, str]:
         """Sampled weather paths and the exact distribution per day, converging to the stationary law."""
-        from explain.figures import markov_figure
-        from explain.markov import WeatherChain
 
         chain = WeatherChain()
         with user_errors():
@@ -56,14 +69,10 @@ class NoiseTab:
     # -- the image chain ----------------------------------------------------------------------------------------------
     def _image(self, source: str, world_seed: int, upload):
         """The clean image x_0 as PIL, sized for the VAE (a multiple of its factor, longer side capped)."""
-        from PIL import Image
-
-        from explain.session import size_limits
-        from explain.world import make_batch
 
         pipe = self.engine.pipeline()
-        _, default_hw, _ = size_limits(pipe)
-        factor = pipe.vae_scale_factor
+        geometry = Geometry.from_pipeline(pipe, layers=False)
+        default_hw, factor = geometry.default_hw, geometry.vae_factor
         if source == "upload":
             image = upload if isinstance(upload, Image.Image) else open_image(upload, "image to noise")
         elif source == "world sample":
@@ -92,18 +101,6 @@ class NoiseTab:
 
         Frames are (H, W, 3) floats in [0, 1]; latent rows are decoded by the VAE (their x_0 is the VAE round trip).
         """
-        import torch
-
-        from explain.figures import pixels_to_rgb
-        from explain.noising import (
-            ForwardSchedule,
-            closed_form,
-            decode_latents,
-            encode_latents,
-            rgb_to_pixels,
-            step_chain,
-        )
-
         pipe = self.engine.pipeline()
         schedule = ForwardSchedule.from_scheduler(pipe.scheduler)
         generator = torch.Generator().manual_seed(int(seed))
@@ -111,11 +108,8 @@ class NoiseTab:
         z0 = encode_latents(pipe.vae, x0).float().cpu()  # (1, C, H / f, W / f)
         rows: dict[str, list[np.ndarray]] = {}
         for space, clean in (("pixels", x0), ("latents", z0)):
-            chain = step_chain(clean, schedule, generator, record_at=timesteps).frames  # (K, 1, ...)
-            closed = [
-                closed_form(clean, t, schedule, torch.randn(clean.shape, generator=generator)) for t in timesteps
-            ]
-            for method, frames in (("step by step", list(chain)), ("closed form", closed)):
+            chain, closed = forward_chains(clean, schedule, timesteps, generator)  # (K, 1, C, h, w) each
+            for method, frames in (("step by step", chain), ("closed form", closed)):
                 batch = torch.cat([clean, *frames])  # (1 + K, C, h, w)
                 if space == "latents":
                     batch = decode_latents(pipe.vae, batch).float().cpu()  # one batched VAE call
@@ -124,8 +118,6 @@ class NoiseTab:
 
     def noise_image(self, source: str, world_seed: int, upload, t: int, seed: int) -> tuple[object, object, str]:
         """Step chain vs closed form, in pixels and in the VAE's latents, at spread timesteps and at ``t``."""
-        from explain.figures import noising_strip_figure, schedule_figure
-        from explain.noising import ForwardSchedule
 
         pipe = self.engine.pipeline()
         schedule = ForwardSchedule.from_scheduler(pipe.scheduler)
@@ -150,9 +142,6 @@ class NoiseTab:
 
     def noise_animation(self, source: str, world_seed: int, upload, seed: int) -> str:
         """An animated GIF of the step-by-step chain: pixels (left) and decoded latents (right), t = 0 .. T-1."""
-        from PIL import Image, ImageDraw
-
-        from explain.noising import ForwardSchedule
 
         schedule = ForwardSchedule.from_scheduler(self.engine.pipeline().scheduler)
         T = schedule.num_train_timesteps
@@ -161,23 +150,15 @@ class NoiseTab:
             key = ("world", int(world_seed)) if source == SOURCES[0] else None
             rows = self._chains(self._image(source, world_seed, upload), timesteps, seed, key=key)
         pixels, latents = rows["pixels:\nstep by step"], rows["latents:\nstep by step"]
-        frames = []
-        for t, a, b in zip(timesteps, pixels[1:], latents[1:], strict=True):
-            tiles = [Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)) for x in (a, b)]
-            tiles = [tile.resize((ANIMATION_TILE, ANIMATION_TILE), Image.Resampling.NEAREST) for tile in tiles]
-            frame = Image.new("RGB", (2 * ANIMATION_TILE + 8, ANIMATION_TILE + 28), "white")
-            frame.paste(tiles[0], (0, 28))
-            frame.paste(tiles[1], (ANIMATION_TILE + 8, 28))
-            ImageDraw.Draw(frame).text((6, 6), f"t = {t}   pixels | latents (decoded)", fill="black")
-            frames.append(frame)
-        path = export_dir() / "forward_chain.gif"
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=ANIMATION_MS, loop=0)
+        frames = [
+            captioned_pair(_uint8(a), _uint8(b), f"t = {t}   pixels | latents (decoded)", side=ANIMATION_TILE)
+            for t, a, b in zip(timesteps, pixels[1:], latents[1:], strict=True)
+        ]
+        path = write_gif(export_dir() / "forward_chain.gif", frames, ANIMATION_MS)
         return str(path)
 
     def strength(self, strength: float, steps: int) -> tuple[str, object]:
         """img2img's strength as the start point on the chain, marked on the schedule."""
-        from explain.figures import schedule_figure
-        from explain.noising import ForwardSchedule, strength_to_start_step
 
         pipe = self.engine.pipeline()
         with user_errors():
@@ -197,7 +178,7 @@ class NoiseTab:
         """The first time the tab opens: the weather chain, a world sample at t = T/4, strength 0.6 (then: no-op)."""
         if opened:
             return (gr.skip(),) * 8
-        T = self.engine.limits()[1]
+        T = self.engine.limits().chain_length
         return (
             *self.markov(15, 200, "rainy", 0),
             *self.noise_image(SOURCES[0], 3, None, T // 4, 0),
@@ -208,8 +189,15 @@ class NoiseTab:
     # -- layout -----------------------------------------------------------------------------------------------------
     def build(self, num_train_timesteps: int) -> tuple[list, list]:
         """Create the tab's components and events (call inside ``gr.Tab``); returns :meth:`on_open`'s in/outputs."""
-        T = num_train_timesteps
         lesson("noise")
+        m_plot, m_text = self._build_markov()
+        n_strip, n_schedule, n_text = self._build_image_chain(num_train_timesteps)
+        s_text, s_plot = self._build_strength()
+        opened = gr.State(False)
+        return [opened], [m_plot, m_text, n_strip, n_schedule, n_text, s_text, s_plot, opened]
+
+    def _build_markov(self) -> tuple:
+        """Section 1: the toy weather chain."""
         gr.Markdown("### 1 · A toy Markov chain: rainy or sunny?")
         with gr.Row():
             with gr.Column(scale=1):
@@ -239,7 +227,10 @@ class NoiseTab:
             label="Presets",
             example_labels=["start rainy", "start sunny: same limit", "3 days, 20 runs: a noisy estimate"],
         )
+        return m_plot, m_text
 
+    def _build_image_chain(self, T: int) -> tuple:
+        """Section 2: an image (pixels and latents) on the forward chain, step by step and in closed form."""
         gr.Markdown(f"### 2 · The same idea on an image: T = {T} small Gaussian steps")
         with gr.Row():
             with gr.Column(scale=1):
@@ -286,14 +277,19 @@ class NoiseTab:
             api_name="noise_animation",
             concurrency_id=MODEL_CONCURRENCY,
         )
+        self._image_presets(T, [n_source, n_world, n_t, n_seed], n_outputs)
+        return n_strip, n_schedule, n_text
+
+    def _image_presets(self, T: int, inputs: list, outputs: list) -> None:
+        """Early, halfway and the end of the chain, on a world sample."""
         gr.Examples(
             [
                 ["world sample", 3, T // 10, 0],
                 ["world sample", 3, T // 2, 0],
                 ["world sample", 8, T - 1, 0],
             ],
-            inputs=[n_source, n_world, n_t, n_seed],
-            outputs=n_outputs,
+            inputs=inputs,
+            outputs=outputs,
             fn=lambda source, world, t, seed: self.noise_image(source, world, None, t, seed),
             cache_examples=True,
             cache_mode="lazy",
@@ -301,11 +297,13 @@ class NoiseTab:
             example_labels=[f"early: t = {T // 10}", f"halfway: t = {T // 2}", f"the end: t = {T - 1}, pure noise"],
         )
 
+    def _build_strength(self) -> tuple:
+        """Section 3: img2img's strength as the start point on the chain."""
         gr.Markdown("### 3 · img2img 'strength' = where on this chain the sampler starts")
         with gr.Row():
             with gr.Column(scale=1):
                 s_strength = gr.Slider(0, 1, value=0.6, step=0.05, label="strength")
-                s_steps = gr.Slider(1, 100, value=25, step=1, label="sampler steps")
+                s_steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="sampler steps")
                 s_btn = gr.Button("Where does it start?", variant="primary")
                 s_text = gr.Markdown()
                 explain(
@@ -338,5 +336,4 @@ class NoiseTab:
             label="Presets",
             example_labels=["0.3: light touch-up", "0.75: big change", "1.0: from scratch"],
         )
-        opened = gr.State(False)
-        return [opened], [m_plot, m_text, n_strip, n_schedule, n_text, s_text, s_plot, opened]
+        return s_text, s_plot

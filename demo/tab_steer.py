@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gradio as gr
 import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, user_errors
+from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, GenerationRequest
+from explain.engine.session import request_pipeline
+from explain.maps.aggregation import aggregate, overlay
+from explain.steering.edits import MAX_WEIGHT, word_token_indices
+from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap
 
 __all__ = ["SteerTab"]
 
@@ -16,14 +23,13 @@ STEER_STEPS = 15
 
 
 class SteerTab:
-    """Handlers and layout of the steering tab (calls explain.steer on a per-request pipeline copy)."""
+    """Handlers and layout of the steering tab (calls explain.steering.edits on a per-request pipeline copy)."""
 
     def __init__(self, engine):
         self.engine = engine
 
     def _checked(self, prompt: str, seed, steps, guidance):
         """A validated request and a per-request pipeline copy (fresh scheduler)."""
-        from explain.session import GenerationRequest, request_pipeline
 
         pipe = self.engine.pipeline()
         try:
@@ -36,7 +42,6 @@ class SteerTab:
 
     def _word_maps(self, captured, prompt: str, token_indices, image: np.ndarray) -> np.ndarray:
         """The overlay of the summed maps of ``token_indices`` (a word's sub-tokens) over ``image``."""
-        from explain.heatmap import aggregate, overlay
 
         maps = aggregate(captured, None, image_size=image.shape[:2])
         heat = maps.token_maps[[j for j in token_indices if j < maps.token_maps.shape[0]]].sum(dim=0)
@@ -44,7 +49,6 @@ class SteerTab:
 
     def _outputs(self, result, label: str, word: str | None, edited_word: str | None = None):
         """Gallery (baseline, edited, difference), maps gallery (word before/after) and a one-line summary."""
-        from explain.steer import word_token_indices
 
         diff = np.clip(result.difference.astype(np.int32) * DIFF_GAIN, 0, 255).astype(np.uint8)
         images = [(result.baseline, "baseline"), (result.edited, label), (diff, f"|difference| ×{DIFF_GAIN}")]
@@ -78,10 +82,9 @@ class SteerTab:
 
     def reweight(self, prompt, word, weight, seed, steps, guidance):
         """Scale one word's cross-attention by ``weight`` (0…3) and compare with the unedited image."""
-        from explain.steer_runs import steer_reweight
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = steer_reweight(
                 pipe,
                 request.prompt,
@@ -91,17 +94,17 @@ class SteerTab:
                 request.steps,
                 request.guidance,
                 capture=True,
+                lock=self.engine.lock,
             )
         return self._outputs(result, f"“{word}” ×{float(weight):g}", word)
 
     def swap(self, prompt, old_word, new_word, k_steps, seed, steps, guidance):
         """Replace a word; the new prompt keeps the old prompt's attention maps for the first ``k_steps`` steps."""
-        from explain.steer_runs import steer_swap
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
         if not (new_word or "").strip():
             raise gr.Error("Type the new word.")
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = steer_swap(
                 pipe,
                 request.prompt,
@@ -112,25 +115,31 @@ class SteerTab:
                 request.steps,
                 request.guidance,
                 capture=True,
+                lock=self.engine.lock,
             )
         return self._outputs(result, f"“{new_word}”, k = {int(k_steps)}", old_word, new_word)
 
     def drop(self, prompt, word, mode, seed, steps, guidance):
         """Drop a word: delete it from the text, or keep the text and zero its attention."""
-        from explain.steer_runs import steer_drop
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = steer_drop(
-                pipe, request.prompt, word or "", mode, request.seed, request.steps, request.guidance, capture=True
+                pipe,
+                request.prompt,
+                word or "",
+                mode,
+                request.seed,
+                request.steps,
+                request.guidance,
+                capture=True,
+                lock=self.engine.lock,
             )
         label = f"“{word}” deleted" if mode == "remove" else f"“{word}” ×0"
         return self._outputs(result, label, word)
 
     def sweep(self, prompt, seed, steps, scales: str):
         """The same prompt and noise under several guidance scales."""
-        from explain.session import MAX_GUIDANCE
-        from explain.steer_runs import guidance_sweep
 
         try:
             values = [float(s) for s in (scales or "").replace(";", ",").split(",") if s.strip()]
@@ -139,110 +148,82 @@ class SteerTab:
         if not 1 <= len(values) <= MAX_SCALES or not all(0 <= v <= MAX_GUIDANCE for v in values):
             raise gr.Error(f"Give 1 to {MAX_SCALES} guidance scales between 0 and {MAX_GUIDANCE:g}, e.g. 1, 3, 7.5.")
         request, pipe = self._checked(prompt, seed, steps, max(values))
-        with user_errors(), self.engine.lock:
-            strip = guidance_sweep(pipe, request.prompt, request.seed, values, request.steps)
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
+            strip = guidance_sweep(pipe, request.prompt, request.seed, values, request.steps, lock=self.engine.lock)
         return [(image, f"guidance {scale:g}" + (" (off)" if scale <= 1 else "")) for scale, image in strip]
 
     # -- layout -----------------------------------------------------------------------------------------------------
+
     def build(self) -> None:
         """Create the tab's components and events (call inside ``gr.Tab``)."""
-        from explain.steer import MAX_WEIGHT
-
         lesson("steer")
         with gr.Row():
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (shared by every experiment below)", lines=2, scale=3)
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
-            steps = gr.Slider(1, 50, value=STEER_STEPS, step=1, label="Steps", scale=1)
+            steps = gr.Slider(1, MAX_STEPS, value=STEER_STEPS, step=1, label="Steps", scale=1)
             g = self.engine.recommended_guidance()  # the model's own default (5 for the embedded model)
-            guidance = gr.Slider(0, 15, value=g, step=0.5, label="Guidance", scale=1)
+            guidance = gr.Slider(0, MAX_GUIDANCE, value=g, step=0.5, label="Guidance", scale=1)
+        ui = SimpleNamespace(prompt=prompt, seed=seed, steps=steps, g=g, common=[seed, steps, guidance])
+        self._build_reweight(ui)
+        self._build_swap(ui)
+        self._build_drop(ui)
+        self._build_sweep(ui)
 
-        def results_row(note: str, key: str):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    images = gr.Gallery(
-                        elem_classes=["pixels"],
-                        label="Same seed, side by side",
-                        elem_id=f"steer-{key}-images",
-                        columns=3,
-                        height=280,
-                        format=IMAGE_FORMAT,
-                        object_fit="contain",
-                    )
-                with gr.Column(scale=2):
-                    maps = gr.Gallery(
-                        elem_classes=["pixels"],
-                        label="The word's attention, before and after",
-                        columns=2,
-                        height=280,
-                        format=IMAGE_FORMAT,
-                        object_fit="contain",
-                    )
-                with gr.Column(scale=1):
-                    summary = gr.Markdown()
-                    explain(note)
-            return images, maps, summary
-
-        common = [seed, steps, guidance]
-
-        def presets(inputs, outputs, fn, rows, what):
-            gr.Examples(
-                rows,
-                inputs=inputs,
-                outputs=outputs,
-                fn=fn,
-                cache_examples=True,
-                cache_mode="lazy",
-                label="Presets",
-                example_labels=what,
-            )
-
+    def _build_reweight(self, ui) -> None:
+        """Re-weight a word: its attention columns ×w."""
         with gr.Tab("Re-weight a word"):
             with gr.Row():
                 rw_word = gr.Textbox("red", label="Word (or phrase) of the prompt")
                 rw_weight = gr.Slider(0, MAX_WEIGHT, value=0, step=0.1, label="Attention weight ×")
                 rw_btn = gr.Button("Re-weight", variant="primary")
             rw_out = list(
-                results_row(
+                _results_row(
                     "×0 silences the word's attention columns, ×1 changes nothing, ×3 shouts it. Only *where the "
                     "word paints* is changed; the noise and every other word stay the same.",
                     "reweight",
                 )
             )
-            rw_inputs = [prompt, rw_word, rw_weight, *common]
+            rw_inputs = [ui.prompt, rw_word, rw_weight, *ui.common]
             rw_btn.click(self.reweight, rw_inputs, rw_out, api_name="steer_reweight", concurrency_id=MODEL_CONCURRENCY)
-            presets(
+            _presets(
                 rw_inputs,
                 rw_out,
                 self.reweight,
-                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, g]],
+                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, ui.g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, ui.g]],
                 ["'red' ×0", "'triangle' ×3"],
             )
+
+    def _build_swap(self, ui) -> None:
+        """Swap a word, keeping the old maps for the first k steps."""
         with gr.Tab("Swap a word"):
             with gr.Row():
                 sw_old = gr.Textbox("circle", label="Old word")
                 sw_new = gr.Textbox("square", label="New word (same number of tokens)")
-                sw_k = gr.Slider(0, 50, value=6, step=1, label="Keep the old maps for the first k steps")
+                sw_k = gr.Slider(0, MAX_STEPS, value=6, step=1, label="Keep the old maps for the first k steps")
                 sw_btn = gr.Button("Swap", variant="primary")
             sw_out = list(
-                results_row(
+                _results_row(
                     "Keeping the first k steps' maps keeps the **layout** (where things are) while the new word "
                     "brings new **content**. k = 0 is a fresh picture of the new prompt; large k keeps more of the "
                     "old one.",
                     "swap",
                 )
             )
-            sw_inputs = [prompt, sw_old, sw_new, sw_k, *common]
+            sw_inputs = [ui.prompt, sw_old, sw_new, sw_k, *ui.common]
             sw_btn.click(self.swap, sw_inputs, sw_out, api_name="steer_swap", concurrency_id=MODEL_CONCURRENCY)
-            presets(
+            _presets(
                 sw_inputs,
                 sw_out,
                 self.swap,
                 [
-                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, g],
-                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, g],
+                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, ui.g],
+                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, ui.g],
                 ],
                 ["circle → square, k = 4", "red → green, k = 12"],
             )
+
+    def _build_drop(self, ui) -> None:
+        """Drop a word: delete it from the text, or zero its attention."""
         with gr.Tab("Drop a word"):
             with gr.Row():
                 dr_word = gr.Textbox("blue", label="Word to drop")
@@ -253,22 +234,25 @@ class SteerTab:
                 )
                 dr_btn = gr.Button("Drop", variant="primary")
             dr_out = list(
-                results_row(
+                _results_row(
                     "Deleting changes the whole sentence CLIP reads. Zeroing keeps the sentence but cuts the word's "
                     "own columns: its meaning can still leak in through later tokens, which all 'read' the earlier "
                     "ones.",
                     "drop",
                 )
             )
-            dr_inputs = [prompt, dr_word, dr_mode, *common]
+            dr_inputs = [ui.prompt, dr_word, dr_mode, *ui.common]
             dr_btn.click(self.drop, dr_inputs, dr_out, api_name="steer_drop", concurrency_id=MODEL_CONCURRENCY)
-            presets(
+            _presets(
                 dr_inputs,
                 dr_out,
                 self.drop,
-                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, g]],
+                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, ui.g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, ui.g]],
                 ["delete 'blue'", "'blue' attention ×0"],
             )
+
+    def _build_sweep(self, ui) -> None:
+        """The same seed under several guidance scales."""
         with gr.Tab("Guidance sweep"):
             with gr.Row():
                 gs_scales = gr.Textbox("1, 3, 7.5, 12", label="Guidance scales (comma separated)")
@@ -288,14 +272,56 @@ class SteerTab:
                         "Guidance 1 is the plain model. Higher guidance follows the prompt harder (cleaner shapes, "
                         "stronger colours) until it overshoots into harsh, oversaturated images."
                     )
-            gs_inputs = [prompt, seed, steps, gs_scales]
+            gs_inputs = [ui.prompt, ui.seed, ui.steps, gs_scales]
             gs_btn.click(
                 self.sweep, gs_inputs, [gs_strip], api_name="guidance_sweep", concurrency_id=MODEL_CONCURRENCY
             )
-            presets(
+            _presets(
                 gs_inputs,
                 [gs_strip],
                 self.sweep,
                 [[DEFAULT_PROMPT, 0, 10, "1, 3, 7.5, 12"]],
                 ["guidance 1, 3, 7.5, 12"],
             )
+
+
+def _results_row(note: str, key: str):
+    """One experiment's outputs: the images side by side, the word's maps before and after, a summary."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            images = gr.Gallery(
+                elem_classes=["pixels"],
+                label="Same seed, side by side",
+                elem_id=f"steer-{key}-images",
+                columns=3,
+                height=280,
+                format=IMAGE_FORMAT,
+                object_fit="contain",
+            )
+        with gr.Column(scale=2):
+            maps = gr.Gallery(
+                elem_classes=["pixels"],
+                label="The word's attention, before and after",
+                columns=2,
+                height=280,
+                format=IMAGE_FORMAT,
+                object_fit="contain",
+            )
+        with gr.Column(scale=1):
+            summary = gr.Markdown()
+            explain(note)
+    return images, maps, summary
+
+
+def _presets(inputs, outputs, fn, rows, what) -> None:
+    """Lazily cached one-click presets of an experiment."""
+    gr.Examples(
+        rows,
+        inputs=inputs,
+        outputs=outputs,
+        fn=fn,
+        cache_examples=True,
+        cache_mode="lazy",
+        label="Presets",
+        example_labels=what,
+    )

@@ -12,6 +12,13 @@ import gradio as gr
 import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, user_errors
+from explain.diffusion.loading import ModelLoadError
+from explain.engine.requests import MAX_STEPS, whole
+from explain.engine.session import Engine
+from explain.maps.aggregation import overlay
+from explain.usecases import inpaint, input_layout_figure, load_task_pipeline, outpaint, stylize, upscale
+from explain.usecases.inputs import to_rgb, union_mask
+from explain.world import make_batch
 
 __all__ = ["UseCasesTab", "world_sample", "editor_mask"]
 
@@ -40,14 +47,12 @@ TASKS = [
 STYLE_CHOICES = ["outlined", "striped", "at night", "on grass", "at sunset"]
 INPAINT_MODES = [("9-channel inpainting U-Net", "unet"), ("4-channel blend (text-to-image U-Net)", "blend")]
 DEFAULT_STEPS = 20
-MAX_STEPS = 100
 # For demo.common.CSS (not wired yet): 64x64 results fill their 320 px boxes instead of staying thumbnails
 SAMPLE_SEED = 4  # the world sample shown by default (a deterministic draw)
 
 
 def world_sample(seed: int = SAMPLE_SEED) -> tuple[np.ndarray, str]:
     """A rendered 64x64 scene of the shapes world and its caption."""
-    from explain.world import make_batch
 
     scene = make_batch(1, int(seed))[0]
     return scene.image, scene.caption
@@ -60,7 +65,6 @@ def editor_mask(value) -> tuple[object, np.ndarray, tuple[str, ...]]:
     (what the brush paints) or an uploaded black-and-white mask (white = fill, diffusers' convention) mark the region
     to fill. A layer of another size is resized when its aspect ratio matches; otherwise the error says so.
     """
-    from explain.usecases.inputs import to_rgb, union_mask
 
     if not isinstance(value, dict) or value.get("background") is None:
         raise gr.Error("No image given: upload one or load the world sample, then paint the region to fill.")
@@ -86,8 +90,6 @@ class UseCasesTab:
     def engine(self):
         """The app's Engine; built on first use when the tab was created without one (then it has its own lock)."""
         if self._engine is None:
-            from explain.session import Engine
-
             with self._pipes_lock:
                 if self._engine is None:
                     self._engine = Engine()
@@ -96,8 +98,6 @@ class UseCasesTab:
     # -- model ------------------------------------------------------------------------------------------------------
     def task_pipeline(self, task: str, mode: str = "unet"):
         """The task pipeline (``"upscale"``, ``"img2img"``, ``"inpaint"``), built once on the Engine's pipeline."""
-        from explain.loading import ModelLoadError
-        from explain.usecases import load_task_pipeline
 
         key = (task, mode if task == "inpaint" else "")
         base = self.engine.pipeline()
@@ -113,19 +113,14 @@ class UseCasesTab:
 
     @staticmethod
     def _steps(steps) -> int:
-        try:
-            value = int(steps)
-        except (TypeError, ValueError) as err:
-            raise gr.Error(f"steps must be a whole number ({err}).") from err
-        if not 1 <= value <= MAX_STEPS:
-            raise gr.Error(f"steps must lie in 1..{MAX_STEPS}, got {value}.")
-        return value
+        """The form's steps, checked by the library's one limit (:data:`explain.engine.requests.MAX_STEPS`)."""
+        with user_errors():
+            return whole("steps", steps, 1, MAX_STEPS)
 
     # -- shared views -----------------------------------------------------------------------------------------------
     @staticmethod
     def word_gallery(result) -> list[tuple[np.ndarray, str]]:
         """Per-word cross-attention overlays over the result image (like the Denoise tab)."""
-        from explain.heatmap import overlay
 
         maps = result.maps
         if maps is None or not maps.words:
@@ -136,7 +131,6 @@ class UseCasesTab:
     @staticmethod
     def layout_figure(result):
         """The U-Net input figure (every channel of the observed sample + the table) of this run."""
-        from explain.usecases import input_layout_figure
 
         return input_layout_figure(
             result.inputs,
@@ -155,13 +149,12 @@ class UseCasesTab:
     # -- handlers ---------------------------------------------------------------------------------------------------
     def upscale(self, image, prompt, noise_level, seed, steps):
         """16x16 low-res → 64x64: returns (low-res, bicubic, super-resolved, layout figure, word maps, summary)."""
-        from explain.usecases import upscale
 
         if image is None:
             raise gr.Error("No image given: upload one or load a world sample.")
         steps = self._steps(steps)
         pipe = self.task_pipeline("upscale")
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = upscale(
                 image,
                 prompt or "",
@@ -169,6 +162,7 @@ class UseCasesTab:
                 seed=int(seed),
                 steps=steps,
                 noise_level=int(noise_level),
+                lock=self.engine.lock,
             )
         extra = (
             f"Low-res noised to level {result.noise_level} (ᾱ = {result.low_res_alpha_bar:.3f}) before concatenation."
@@ -184,13 +178,12 @@ class UseCasesTab:
 
     def stylize(self, image, styles, prompt, strength, seed, steps):
         """SDEdit: returns (content as run, stylised, start-step note, layout figure, word maps, summary)."""
-        from explain.usecases import stylize
 
         if image is None:
             raise gr.Error("No content image given: upload one or load a world sample.")
         steps = self._steps(steps)
         pipe = self.task_pipeline("img2img")
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = stylize(
                 image,
                 list(styles or []),
@@ -199,6 +192,7 @@ class UseCasesTab:
                 strength=float(strength),
                 seed=int(seed),
                 steps=steps,
+                lock=self.engine.lock,
             )
         start = result.start
         T = int(pipe.scheduler.config.num_train_timesteps)
@@ -219,13 +213,14 @@ class UseCasesTab:
 
     def inpaint(self, editor, prompt, mode, seed, steps):
         """Fill the painted region: returns (mask, raw output, result, layout figure, word maps, summary)."""
-        from explain.usecases import inpaint
 
         background, mask, notes = editor_mask(editor)
         steps = self._steps(steps)
         pipe = self.task_pipeline("inpaint", mode=mode)
-        with user_errors(), self.engine.lock:
-            result = inpaint(background, mask, prompt or "", pipe=pipe, seed=int(seed), steps=steps)
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
+            result = inpaint(
+                background, mask, prompt or "", pipe=pipe, seed=int(seed), steps=steps, lock=self.engine.lock
+            )
         mask_image = result.mask.astype(np.uint8) * 255
         extra = f"Mode **{result.mode}**; {int(result.mask.sum())} pixels filled, the rest kept exactly."
         extra += "".join(f"\n- {note}" for note in notes if note not in result.notes)
@@ -240,13 +235,12 @@ class UseCasesTab:
 
     def outpaint(self, image, prompt, left, right, top, bottom, zoom_out, mode, seed, steps):
         """Extend the canvas: returns (original, result, layout figure, word maps, summary)."""
-        from explain.usecases import outpaint
 
         if image is None:
             raise gr.Error("No image given: upload one or load a world sample.")
         steps = self._steps(steps)
         pipe = self.task_pipeline("inpaint", mode=mode)
-        with user_errors(), self.engine.lock:
+        with user_errors():  # the library call holds the engine's lock for the pipeline run
             result = outpaint(
                 image,
                 prompt or "",
@@ -258,6 +252,7 @@ class UseCasesTab:
                 zoom_out=float(zoom_out),
                 seed=int(seed),
                 steps=steps,
+                lock=self.engine.lock,
             )
         extra = f"Kept content at box {result.box} of a {result.image.width}x{result.image.height} canvas."
         return (

@@ -15,12 +15,11 @@ STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(tmp_path_factory, engine):
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
     from demo.app import serve_local
-    from explain.session import Engine
 
-    demo, local_url = serve_local(Engine())
+    demo, local_url = serve_local(engine)
     yield local_url
     demo.close()
 

@@ -13,15 +13,10 @@ from demo.tab_attend import AttendTab
 from demo.tab_clip import ClipTab
 from demo.tab_noise import NoiseTab
 from demo.tab_steer import SteerTab
-from explain.session import Engine, GenerationResult
+from explain.engine.session import GenerationResult
 
 PROMPT = "a big red circle on the left and a small blue triangle on the right"
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return Engine()  # the embedded model, loaded once for the module
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from explain.loading import EMBEDDED_MODEL_DIR
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.usecases import task_models_available
 
 STEPS = 3  # the tab's default is 20; a few steps keep the tests quick on a busy CPU
@@ -23,13 +23,6 @@ def _layer() -> np.ndarray:
     layer = np.zeros((64, 64, 4), np.uint8)
     layer[16:48, 32:64] = 255
     return layer
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from explain.session import Engine
-
-    return Engine()
 
 
 @pytest.fixture(scope="module")

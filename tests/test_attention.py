@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, HeunDiscreteScheduler, StableDiffusionPipeline
 from tiny_pipelines import build_sd1, single_thread
 
-from explain.attention import AttentionRecorder, Branch, compose_callbacks
-from explain.film import initial_noise
-from explain.tokens import tokenize_prompt
+from explain.capture.film import initial_noise
+from explain.capture.recorder import AttentionRecorder
+from explain.capture.swap import Branch, compose_callbacks
+from explain.clip.tokens import tokenize_prompt
 
 PROMPT = "a ginormous red cube"
 STEPS = 2

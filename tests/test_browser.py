@@ -40,14 +40,12 @@ TABS = {
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_url(tmp_path_factory, engine):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
     from demo.app import serve_local
-    from explain.session import Engine
 
-    engine = Engine()
     engine.warm_up()
     demo, url = serve_local(engine)
     yield url

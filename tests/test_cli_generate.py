@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_pipelines import build_sd1, single_thread
+from tiny_pipelines import single_thread
 
 from explain.cli import main
 
@@ -19,10 +19,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sd1")
-    build_sd1(work).save_pretrained(work / "pipe")
-    return str(work / "pipe")
+def model_dir(tiny_sd1_dir):
+    return str(tiny_sd1_dir)
 
 
 def generate(model_dir, out, *extra):
@@ -60,6 +58,7 @@ def test_generate_writes_every_file(captured_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prompt"] == "a ginormous red cube" and summary["seed"] == 7
     assert summary["words"] == ["a", "ginormous", "red", "cube"]
+    assert summary["unknown_words"] == []  # a random text encoder: every token row counts as trained
     assert summary["tokens"] == [
         "<|startoftext|>",
         "a</w>",

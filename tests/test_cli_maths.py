@@ -15,15 +15,15 @@ from PIL import Image
 import explain.cli
 from explain.cli.clip import run_clip
 from explain.cli.noise import default_timesteps, run_noise
-from explain.figures import (
+from explain.diffusion.markov import WeatherChain
+from explain.diffusion.noising import ForwardSchedule
+from explain.io.figures import (
     clip_logits_figure,
     markov_figure,
     noising_strip_figure,
     schedule_figure,
     word_heatmap_grid,
 )
-from explain.markov import WeatherChain
-from explain.noising import ForwardSchedule
 
 Z = 5.0  # two-sided z bound for statistical checks with fixed seeds
 MY_SUBCOMMANDS = ("noise", "markov", "clip")
@@ -208,7 +208,7 @@ def tiny_clip():
 
 
 def test_run_clip_writes_logits_and_losses(tmp_path, tiny_clip):
-    from explain.clip_contrastive import contrastive_step
+    from explain.clip.contrastive import contrastive_step
 
     model, tokenizer, preprocess = tiny_clip
     rng = np.random.default_rng(0)
@@ -301,7 +301,15 @@ def test_word_heatmap_grid():
 
 
 def test_my_modules_never_import_gradio():
-    files = ["noising", "markov", "clip_contrastive", "figures", "cli/noise", "cli/markov", "cli/clip"]
+    files = [
+        "diffusion/noising",
+        "diffusion/markov",
+        "clip/contrastive",
+        "io/figures",
+        "cli/noise",
+        "cli/markov",
+        "cli/clip",
+    ]
     for name in files:
         tree = ast.parse((REPO / "explain" / f"{name}.py").read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

@@ -9,7 +9,7 @@ from tiny_pipelines import single_thread
 
 from explain import world
 from explain.cli import main
-from explain.loading import EMBEDDED_MODEL_DIR
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.usecases import task_models_available
 
 pytestmark = pytest.mark.skipif(

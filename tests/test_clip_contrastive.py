@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explain.clip_contrastive import (
+from explain.clip.contrastive import (
     contrastive_loss,
     contrastive_step,
     cross_entropy_loss,

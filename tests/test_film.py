@@ -14,7 +14,7 @@ from diffusers import (
 )
 from tiny_pipelines import SD_SCHEDULER_CONFIG, build_sd2, single_thread
 
-from explain.film import FilmRecorder, LatentPreview, initial_noise, predicted_x0, x0_method
+from explain.capture.film import FilmRecorder, LatentPreview, initial_noise, predicted_x0, x0_method
 
 LATENT_SHAPE = (1, 4, 6, 8)
 

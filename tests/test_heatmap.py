@@ -6,8 +6,10 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from explain.attention import Branch, CapturedAttention
-from explain.heatmap import (
+from explain.capture.recorder import CapturedAttention
+from explain.capture.swap import Branch
+from explain.clip.tokens import build_clip_tokenizer, tokenize_prompt
+from explain.maps.aggregation import (
     aggregate,
     normalize,
     overlay,
@@ -15,7 +17,6 @@ from explain.heatmap import (
     select_layers,
     threshold_mask,
 )
-from explain.tokens import build_clip_tokenizer, tokenize_prompt
 
 LATENT = (8, 12)
 IMAGE = (64, 96)

@@ -7,12 +7,13 @@ import pytest
 import torch
 from tiny_pipelines import BUILDERS, single_thread
 
-from explain import loading
-from explain.attention import AttentionRecorder, compose_callbacks
-from explain.film import FilmRecorder, initial_noise
-from explain.heatmap import aggregate
-from explain.loading import ModelLoadError, describe_pipeline, load_pipeline
-from explain.tokens import tokenize_prompt
+from explain.capture.film import FilmRecorder, initial_noise
+from explain.capture.recorder import AttentionRecorder
+from explain.capture.swap import compose_callbacks
+from explain.clip.tokens import tokenize_prompt
+from explain.diffusion import loading
+from explain.diffusion.loading import ModelLoadError, describe_pipeline, load_pipeline
+from explain.maps.aggregation import aggregate
 
 PROMPT = "a ginormous red cube"
 EXPECTED = {  # family -> (pipeline class, prediction type, attn2 layers, film shows x̂₀)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from explain.markov import MarkovChain, WeatherChain
+from explain.diffusion.markov import MarkovChain, WeatherChain
 
 # Two-sided z bound for statistical checks: P(|Z| > 5) ~ 6e-7 per check, so a fixed-seed failure means a bug.
 Z = 5.0

@@ -14,18 +14,16 @@ from diffusers import (
     PNDMScheduler,
 )
 
-from explain.figures import pixels_to_rgb
-from explain.noising import (
+from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels
+from explain.diffusion.noising import (
     ForwardSchedule,
     closed_form,
     compare_moments,
-    decode_latents,
-    encode_latents,
     forgetting,
-    rgb_to_pixels,
     step_chain,
     strength_to_start_step,
 )
+from explain.io.figures import pixels_to_rgb
 
 # Two-sided z bound for statistical checks (P(|Z| > 5) ~ 6e-7): with fixed seeds a failure means a real bug.
 Z = 5.0

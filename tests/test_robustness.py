@@ -30,7 +30,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from explain.loading import EMBEDDED_MODEL_DIR
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.usecases import task_models_available
 
 pytestmark = pytest.mark.skipif(
@@ -61,15 +61,13 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Served:
+def served(tmp_path_factory, engine) -> Served:
     cache_dir = tmp_path_factory.mktemp("gradio-cache")
     saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")}
     os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)  # this app's files only: the folder the cache test watches
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
     from demo.app import launch_options, serve_local
-    from explain.session import Engine
 
-    engine = Engine()
     demo, url = serve_local(engine, launch_options(delete_cache=CACHE_POLICY))
     try:
         yield Served(url, demo, engine, cache_dir)
@@ -536,7 +534,8 @@ SCHEDULERS = ("default", "DDIM", "Euler", "DPM-Solver++", "UniPC")
 def test_twenty_clients_at_once_get_their_own_results(served):
     """20 sessions submit different prompts, seeds and schedulers together; each gets exactly its own picture."""
     from demo.app import QUEUE_MAX_SIZE
-    from explain.session import GenerationRequest, generate
+    from explain.engine.requests import GenerationRequest
+    from explain.engine.session import generate
 
     assert CONCURRENT_CLIENTS < QUEUE_MAX_SIZE  # so every one must be served, none told "queue full"
     requests = [
@@ -589,7 +588,7 @@ def _cache_files(served: Served) -> set[Path]:
 
 def test_hundred_runs_keep_memory_and_disk_flat(served):
     from demo.common import EXPORT_DIRS_KEPT, export_root
-    from explain.session import GenerationResult
+    from explain.engine.session import GenerationResult
 
     client = Client(served.url, verbose=False, download_files=False)
     process = psutil.Process()
@@ -668,7 +667,7 @@ def test_file_route_serves_only_the_apps_own_files(served, tmp_path):
 def test_weights_load_from_safetensors_only_and_never_run_custom_code(tmp_path):
     from tiny_pipelines import build_sd1
 
-    from explain.loading import ModelLoadError, load_pipeline
+    from explain.diffusion.loading import ModelLoadError, load_pipeline
 
     pipe = build_sd1(tmp_path / "work")
     pipe.save_pretrained(tmp_path / "pickle", safe_serialization=False)

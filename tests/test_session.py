@@ -1,4 +1,4 @@
-"""explain.session on a tiny SD-1 pipeline: validation, streaming, stopping, isolation, map views, exports."""
+"""explain.engine.session on a tiny SD-1 pipeline: validation, streaming, stopping, isolation, map views, exports."""
 
 import json
 import threading
@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_pipelines import build_sd1, single_thread
+from tiny_pipelines import single_thread
 
-from explain.loading import load_pipeline
-from explain.result_views import (
-    export_film_gif,
-    export_grid_png,
-    export_maps_npz,
-    export_settings_json,
-    layer_shapes,
-    word_maps,
-)
-from explain.session import (
-    MAX_STEPS,
-    SCHEDULER_CHOICES,
+from explain.diffusion.loading import load_pipeline
+from explain.engine.requests import MAX_STEPS, SCHEDULER_CHOICES, GenerationRequest
+from explain.engine.session import (
     Engine,
-    GenerationRequest,
     GenerationResult,
     StepUpdate,
     generate,
@@ -30,6 +20,8 @@ from explain.session import (
     request_pipeline,
     size_limits,
 )
+from explain.io.exports import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
+from explain.maps.views import layer_shapes, word_maps
 
 PROMPT = "a big red circle on the left"
 STEPS = 3
@@ -42,10 +34,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sd1")
-    build_sd1(work).save_pretrained(work / "pipe")
-    return work / "pipe"
+def model_dir(tiny_sd1_dir):
+    return tiny_sd1_dir
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +178,7 @@ def test_layer_shapes_match_the_module(pipe):
 
 
 def test_exports(result, pipe, tmp_path):
-    from explain.film import LatentPreview
+    from explain.capture.film import LatentPreview
 
     view = word_maps(result)
     grid = export_grid_png(result, view, tmp_path / "grid.png")
@@ -207,7 +197,7 @@ def test_exports(result, pipe, tmp_path):
 
 
 def test_recommended_guidance_comes_from_the_model_directory(tmp_path):
-    from explain.loading import EMBEDDED_MODEL_DIR
+    from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 
     expected = json.loads((EMBEDDED_MODEL_DIR / "explorer.json").read_text())["guidance"]
     assert Engine().recommended_guidance() == expected == 5.0

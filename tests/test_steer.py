@@ -5,10 +5,10 @@ import pytest
 import torch
 from tiny_pipelines import build_sd1, build_sdxl, single_thread
 
-from explain.attention import compose_callbacks
-from explain.loading import EMBEDDED_MODEL_DIR, load_pipeline
-from explain.steer import AttentionSteering, Replace, Reweight, remove_word, replace_word, word_token_indices
-from explain.steer_runs import guidance_sweep, steer_drop, steer_reweight, steer_swap
+from explain.capture.swap import compose_callbacks
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline
+from explain.steering.edits import AttentionSteering, Replace, Reweight, remove_word, replace_word, word_token_indices
+from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap
 
 PROMPT = "a ginormous red cube"  # slots: BOS, a, gin/orm/ous, red, cube, EOS
 RED = (5,)
@@ -51,7 +51,7 @@ def steered(pipe, *edits, prompts=PROMPT, guidance=7.5):
 class ReferenceEdit:
     """diffusers' ``AttnProcessor`` path (``attn.get_attention_scores``) with ``edit`` on the conditional half.
 
-    Independent of explain.steer: probabilities of *every* row are computed explicitly, and the edit is a plain
+    Independent of explain.steering.edits: probabilities of *every* row are computed explicitly, and the edit is a plain
     function of (conditional probabilities (rows, heads, N, T), step).
     """
 

@@ -3,7 +3,7 @@
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from explain.tokens import TokenKind, build_clip_tokenizer, tokenize_prompt
+from explain.clip.tokens import TokenKind, build_clip_tokenizer, tokenize_prompt
 
 PROMPTS = [
     "a photo of a red cube",

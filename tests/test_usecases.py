@@ -2,7 +2,7 @@
 real-checkpoint loading path on tiny random pipelines saved to disk.
 
 Checked: kept pixels survive inpainting/outpainting bit for bit; the U-Net input table is read from the real tensors
-(9 / 7 / 4 channels); img2img starts where explain.noising says; attention and film are captured for every task and
+(9 / 7 / 4 channels); img2img starts where explain.diffusion.noising says; attention and film are captured for every task and
 capture does not change the output; bad inputs raise ValueError with a message saying what is wrong.
 """
 
@@ -15,8 +15,8 @@ from PIL import Image
 from tiny_pipelines import build_sd1, single_thread
 
 from explain import world
-from explain.loading import EMBEDDED_MODEL_DIR, ModelLoadError
-from explain.noising import strength_to_start_step
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR, ModelLoadError
+from explain.diffusion.noising import strength_to_start_step
 from explain.usecases import (
     UNetInputRecorder,
     compose_prompt,

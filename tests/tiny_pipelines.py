@@ -14,7 +14,7 @@ the same module paths, CFG batch layout and latent geometry as on the real model
   growing with depth, ``addition_embed_type="text_time"``, two text encoders (the second a
   ``CLIPTextModelWithProjection``) whose penultimate states are concatenated, Euler scheduler.
 
-All use the real CLIP BPE tokenizer (:func:`explain.tokens.build_clip_tokenizer`), so prompts tokenise as on the
+All use the real CLIP BPE tokenizer (:func:`explain.clip.tokens.build_clip_tokenizer`), so prompts tokenise as on the
 real models, and default to 16x16 latents (128x128 images) so a 2-step generation takes well under a second.
 """
 
@@ -35,7 +35,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from explain.tokens import build_clip_tokenizer
+from explain.clip.tokens import build_clip_tokenizer
 
 __all__ = ["build_sd1", "build_sd2", "build_sdxl", "BUILDERS", "SD_SCHEDULER_CONFIG", "single_thread"]
 

@@ -23,8 +23,14 @@ from training.config import TrainConfig, preset
 from training.data import WorldData, render_split
 
 STAGES = ("data", "clip", "vae", "encode", "unet", "package")
+# Optional: "decoder" fine-tunes only the VAE decoder on the encoded latents (after encode; latents unchanged).
+OPTIONAL_STAGES = ("decoder",)
 TASK_STAGES = ("inpaint", "upscale", "package-tasks")  # the use-case U-Nets, fine-tuned from the text-to-image one
 REPO = Path(__file__).resolve().parents[1]
+_CHECK_PROMPTS = {  # a prompt of each world for the packaged text tower's check against open_clip
+    "shapes": "a big red circle on the left and a small blue triangle on the right",
+    "emoji": "a cat wearing sunglasses on the left and a bowl of ramen on the right",
+}
 
 
 def _save_data(d: WorldData, path: Path) -> None:
@@ -39,7 +45,9 @@ def _load_data(path: Path) -> WorldData:
 def _stage_data(cfg: TrainConfig, work: Path) -> None:
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val)):
         t = time.time()
-        d = render_split(n, cfg.seed, split, cfg.image_size, cfg.max_objects)
+        d = render_split(
+            n, cfg.seed, split, cfg.image_size, cfg.max_objects, world_name=cfg.world, latent_factor=cfg.latent_factor
+        )
         _save_data(d, work / f"data_{split}.npz")
         print(f"[data] {split}: {n} scenes in {time.time() - t:.1f}s", flush=True)
 
@@ -110,6 +118,8 @@ def run(
     unet_name: str,
     tasks_out: Path | None = None,
     init_unet: Path | None = None,
+    init_clip: Path | None = None,
+    init_vae: Path | None = None,
 ):
     work.mkdir(parents=True, exist_ok=True)
     (work / f"config_{cfg.name}.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
@@ -118,7 +128,8 @@ def run(
         "clip": work / "clip" / "clip.safetensors",
         "vae": work / "vae" / "config.json",
         "encode": work / "encoded.safetensors",
-        "unet": work / unet_name / "config.json",
+        "unet": work / f"{unet_name}_log.json",  # written when the stage ends (checkpoints come before it)
+        "decoder": work / "decoder_log.json",
         "package": None,
         "inpaint": work / "unet_inpaint" / "config.json",
         "upscale": work / "unet_upscale" / "config.json",
@@ -137,16 +148,25 @@ def run(
             from training.train_vae import train_vae
 
             data, val = _load_data(work / "data_train.npz"), _load_data(work / "data_val.npz")
-            (train_clip if stage == "clip" else train_vae)(cfg, data, val, work / stage, device)
+            init = init_clip if stage == "clip" else init_vae
+            (train_clip if stage == "clip" else train_vae)(cfg, data, val, work / stage, device, init)
         elif stage == "encode":
             _stage_encode(cfg, work, device)
         elif stage == "unet":
             _stage_unet(cfg, work, device, unet_name, init_unet)
+        elif stage == "decoder":
+            from safetensors.torch import load_file
+
+            from training.train_vae import finetune_decoder
+
+            latents = load_file(work / "encoded.safetensors")["latents"]
+            data, val = _load_data(work / "data_train.npz"), _load_data(work / "data_val.npz")
+            finetune_decoder(cfg, latents, data, val, work / "vae", device)
         elif stage == "package":
             from training.package import package_pipeline, verify_text_tower
 
             package_pipeline(work, out, cfg, unet_name)
-            check = verify_text_tower(out, ["a big red circle on the left and a small blue triangle on the right", ""])
+            check = verify_text_tower(out, [_CHECK_PROMPTS[cfg.world], ""])
             print(f"[package] {out}: text tower check {check}", flush=True)
             if not check["ids_equal"] or check["max_abs_state_diff"] > 1e-2:
                 raise SystemExit(f"packaged text tower differs from open_clip: {check}")
@@ -163,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.build", description=__doc__)
     p.add_argument("--preset", default="cpu", help="smoke | cpu | gpu")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "build")
-    p.add_argument("--out", type=Path, default=REPO / "models" / "tiny-shapes-sd")
+    p.add_argument(
+        "--out", type=Path, default=None, help="default: models/tiny-shapes-sd, world presets tiny-world-sd"
+    )
     p.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help=f"comma-separated subset of {','.join(STAGES + TASK_STAGES)} (default: the text-to-image model)",
+        help=f"comma-separated subset of {','.join(STAGES + OPTIONAL_STAGES + TASK_STAGES)} (default: the text-to-image model)",
     )
     p.add_argument("--tasks-out", type=Path, default=REPO / "models" / "tiny-shapes-tasks")
     p.add_argument("--device", default=None)
@@ -181,15 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-lr", type=float, default=None)
     p.add_argument("--unet-warmup", type=int, default=None)
     p.add_argument("--init-unet", type=Path, default=None, help="start the U-Net from these weights (fine-tuning)")
+    p.add_argument("--init-clip", type=Path, default=None, help="warm-start CLIP (pipeline dir or clip.safetensors)")
+    p.add_argument("--init-vae", type=Path, default=None, help="continue the VAE from this diffusers folder")
     p.add_argument("--n-train", type=int, default=None, help="override the number of training scenes")
     p.add_argument("--budget", action="append", default=[], help="stage=seconds wall-clock cap, e.g. unet=300")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGES + TASK_STAGES]
+    known = STAGES + OPTIONAL_STAGES + TASK_STAGES
+    bad = [s for s in stages if s not in known]
     if bad:
-        p.error(f"unknown stage(s) {bad}; known: {', '.join(STAGES + TASK_STAGES)}")
+        p.error(f"unknown stage(s) {bad}; known: {', '.join(known)}")
     cfg = preset(args.preset)
+    if args.out is None:
+        args.out = REPO / "models" / ("tiny-world-sd" if cfg.world == "emoji" else "tiny-shapes-sd")
     unet_fields = {  # command-line option (argparse dest) -> UNetConfig field it overrides
         "grounding_weight": "grounding_weight",
         "grounding_pixel_weight": "grounding_pixel_weight",
@@ -211,7 +238,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     print(f"[build] preset={cfg.name} device={device} stages={stages} work={args.work}", flush=True)
-    run(cfg, args.work, args.out, stages, device, args.force, args.unet_name, args.tasks_out, args.init_unet)
+    run(
+        cfg,
+        args.work,
+        args.out,
+        stages,
+        device,
+        args.force,
+        args.unet_name,
+        args.tasks_out,
+        args.init_unet,
+        args.init_clip,
+        args.init_vae,
+    )
     return 0
 
 

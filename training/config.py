@@ -45,6 +45,7 @@ class VaeConfig:
     batch_size: int = 64
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    crop: int | None = None  # train on random crops of this side (the VAE is convolutional; None: whole images)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class UNetConfig:
 class TrainConfig:
     name: str = "cpu"
     seed: int = 0
+    world: str = "shapes"  # training.data.WORLDS: "shapes" (tiny-shapes-sd) or "emoji" (world v2)
     image_size: int = 64
     n_train: int = 40000
     n_val: int = 512
@@ -81,6 +83,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def latent_factor(self) -> int:
+        """The VAE's downsampling factor: one halving per block after the first (diffusers AutoencoderKL)."""
+        return 2 ** (len(self.vae.block_out_channels) - 1)
 
 
 def _smoke() -> TrainConfig:
@@ -99,8 +106,57 @@ def _smoke() -> TrainConfig:
 GROUNDING_WEIGHT = 0.05
 GROUNDING_PIXEL_WEIGHT = 0.2
 
+
+def _world(name: str, **kw) -> TrainConfig:
+    """World v2 (emoji sprites, 128 x 128): a factor-8 VAE (SD's) -> 16 x 16 x 4 latents, so a U-Net step costs
+    about what the shapes model's did; CLIP sees 128 px images in 16 px patches (64 tokens, as before). The VAE
+    trains on 64 px crops (a quarter of the cost per image; it is convolutional, so it applies to 128 px)."""
+    clip = ClipConfig(**{"image_size": 128, "patch_size": 16, **kw.pop("clip", {})})
+    vae = VaeConfig(**{"block_out_channels": (16, 32, 64, 128), "crop": 64, **kw.pop("vae", {})})
+    unet = UNetConfig(
+        **{
+            "block_out_channels": (64, 128, 256),
+            "grounding_weight": GROUNDING_WEIGHT,
+            "grounding_pixel_weight": GROUNDING_PIXEL_WEIGHT,
+            **kw.pop("unet", {}),
+        }
+    )
+    return TrainConfig(name=name, world="emoji", image_size=128, max_objects=3, clip=clip, vae=vae, unet=unet, **kw)
+
+
 PRESETS = {
     "smoke": _smoke,
+    "world-smoke": lambda: _world(
+        "world-smoke",
+        n_train=256,
+        n_val=32,
+        clip={
+            "vision_width": 64,
+            "vision_layers": 1,
+            "text_width": 64,
+            "text_layers": 1,
+            "steps": 3,
+            "batch_size": 32,
+        },
+        vae={"block_out_channels": (16, 16, 32, 32), "norm_num_groups": 8, "steps": 3, "batch_size": 8},
+        unet={"block_out_channels": (32, 64, 64), "steps": 3, "batch_size": 16, "warmup": 1},
+    ),
+    # CPU: wall-clock caps per stage (about 2.5 h on 2 cores); stages resume from their checkpoints.
+    "world-cpu": lambda: _world(
+        "world-cpu",
+        n_train=60000,
+        clip={"steps": 3000, "batch_size": 256},
+        vae={"steps": 6000, "batch_size": 24},
+        unet={"steps": 20000, "batch_size": 64, "lr": 4e-4, "warmup": 300, "ema_decay": 0.999},
+        time_budget_s={"clip": 1500.0, "vae": 1500.0, "unet": 5400.0},
+    ),
+    "world-gpu": lambda: _world(
+        "world-gpu",
+        n_train=200000,
+        clip={"steps": 8000, "batch_size": 512, "lr": 1e-3},
+        vae={"steps": 10000, "batch_size": 64},
+        unet={"steps": 30000, "batch_size": 256, "lr": 6e-4},
+    ),
     # Wall-clock caps keep the CPU rebuild inside 2 h on 2 cores (+ a few minutes of rendering and encoding);
     # the learning-rate schedule follows wall-clock progress when a cap binds (training.common.StageLog).
     "cpu": lambda: TrainConfig(

@@ -102,6 +102,12 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
+def _world_of(model_dir: Path) -> str:
+    """The world a model directory was trained on (``explorer.json`` ``"world"``; the shapes world by default)."""
+    settings = model_dir / "explorer.json"
+    return json.loads(settings.read_text()).get("world", "shapes") if settings.exists() else "shapes"
+
+
 def _model_dir(model: str | None) -> Path:
     from explain.loading import EMBEDDED_MODEL_DIR
 
@@ -486,6 +492,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: clip, vae, adherence")
     parser.add_argument("--quick", action="store_true", help="6 prompts per kind, 1 seed, 128 CLIP/VAE images")
     args = parser.parse_args(argv)
+    if _world_of(_model_dir(args.model)) == "emoji":  # world v2's model: its own judge and prompt set
+        from training import evaluate_world
+
+        forward = [
+            "--model",
+            str(_model_dir(args.model)),
+            "--steps",
+            str(args.steps),
+            "--guidance",
+            str(args.guidance),
+        ]
+        forward += ["--out", str(args.out_dir), "--skip", args.skip] + (["--quick"] if args.quick else [])
+        return evaluate_world.main(forward)
     skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
     if set(skip) - {"clip", "vae", "adherence"}:
         parser.error(f"--skip takes clip, vae, adherence (got {args.skip!r})")

@@ -66,7 +66,10 @@ def inpaint_test_set(n_scenes: int = 20, size: int = 64, seed: int = INPAINT_SEE
             shape = world.SHAPES[rng.integers(len(world.SHAPES))]
         if k % 2 == 0:  # add an object at a position compatible with the existing one
             free = [
-                q for pair in world._COMPATIBLE_POSITIONS for q in pair if obj.position in pair and q != obj.position
+                q
+                for pair in world.shapes._COMPATIBLE_POSITIONS
+                for q in pair
+                if obj.position in pair and q != obj.position
             ]
             position = free[rng.integers(len(free))] if free else "on the left"
             target = world.WorldObject(color, shape, position)

@@ -80,6 +80,8 @@ def package_pipeline(work: Path, out: Path, cfg, unet_name: str = "unet") -> Pat
         "text_tower": "../text_encoder (transformers CLIPTextModel; see explain/clip_model.py for the key mapping)",
     }
     (clip_dir / CLIP_CONFIG).write_text(json.dumps(config, indent=1))
+    settings = {"guidance": 5.0, "steps": 25, "world": cfg.world}
+    (out / "explorer.json").write_text(json.dumps(settings, indent=1) + "\n")
     return out
 
 

@@ -56,11 +56,48 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_clip(cfg: TrainConfig, data: WorldData, val: WorldData, out_dir: Path, device: torch.device) -> Path:
-    """Train and save ``out_dir/clip.safetensors`` (whole open_clip state dict) and ``clip_config.json``."""
+@torch.no_grad()
+def init_from(model: open_clip.CLIP, source: Path) -> list[str]:
+    """Warm-start ``model`` from another CLIP: a pipeline directory with ``clip/`` or a ``clip.safetensors``.
+
+    Tensors of equal shape are copied. A patch embedding of twice the patch size gets the source kernel
+    upsampled (nearest, / 4): on a 2x larger image that computes exactly what the source computed on the 2x2
+    average-pooled image, so the shapes model's CLIP (64 px, patch 8) starts world v2's (128 px, patch 16).
+    Returns the keys left at their fresh initialisation.
+    """
+    from safetensors.torch import load_file
+
+    if source.is_dir():
+        from explain.clip.model import load_clip
+
+        state = load_clip(source).model.state_dict()
+    else:
+        state = load_file(source)
+    own = model.state_dict()
+    fresh = []
+    for k, v in own.items():
+        src = state.get(k)
+        if src is not None and src.shape == v.shape:
+            v.copy_(src)
+        elif src is not None and k == "visual.conv1.weight" and src.shape[-1] * 2 == v.shape[-1]:
+            v.copy_(src.repeat_interleave(2, -1).repeat_interleave(2, -2) / 4)
+        else:
+            fresh.append(k)
+    return fresh
+
+
+def train_clip(
+    cfg: TrainConfig, data: WorldData, val: WorldData, out_dir: Path, device: torch.device, init: Path | None = None
+) -> Path:
+    """Train and save ``out_dir/clip.safetensors`` (whole open_clip state dict) and ``clip_config.json``.
+
+    With ``init``, training starts from that CLIP (:func:`init_from`)."""
     c = cfg.clip
     torch.manual_seed(cfg.seed)
-    model = build_clip(c).to(device)
+    model = build_clip(c)
+    if init is not None:
+        print(f"[clip] warm start from {init}; fresh: {init_from(model, init)}", flush=True)
+    model = model.to(device)
     tokens = tokenize(data.captions, c.context_length)
     used = torch.unique(torch.cat([tokens.flatten(), tokenize([""]).flatten()]))
     zero_unused_token_rows(model, used)

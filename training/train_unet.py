@@ -97,24 +97,25 @@ class GroundingProcessor:
 def _token_probs_and_masks(
     probs: torch.Tensor, obj_tokens: torch.Tensor, obj_masks: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's attention on each object's colour and shape token, and the object masks at that layer's size.
+    """One layer's attention on each mask's grounding tokens, and the masks at that layer's size.
 
     Args:
         probs: (B, heads, N, T) attention probabilities.
-        obj_tokens: (B, O, 2) token index of each object's colour and shape word (-1: none).
+        obj_tokens: (B, O, K) token indices naming each mask (shapes world: colour and shape word; -1: none).
         obj_masks: (B, O, h0, w0) float object masks at latent size, in [0, 1].
 
     Returns:
-        ``a`` (B, heads, N, O*2) probabilities of the tokens, ``mm`` (B, 1, N, O*2) binary masks.
+        ``a`` (B, heads, N, O*K) probabilities of the tokens, ``mm`` (B, 1, N, O*K) binary masks.
     """
     b, heads, n, _ = probs.shape
     h0, w0 = obj_masks.shape[-2:]
     f = round((h0 * w0 / n) ** 0.5)  # downsampling factor of this layer
     m = F.avg_pool2d(obj_masks, f) if f > 1 else obj_masks  # (B, O, h, w)
     m = (m.flatten(2) > 0.5).float()  # (B, O, N)
-    idx = obj_tokens.clamp(min=0).long().flatten(1)[:, None, None, :].expand(b, heads, n, -1)  # (B, heads, N, O*2)
-    a = probs.float().gather(3, idx)  # (B, heads, N, O*2)
-    mm = m.repeat_interleave(2, dim=1).transpose(1, 2)[:, None]  # (B, 1, N, O*2)
+    k = obj_tokens.shape[2]
+    idx = obj_tokens.clamp(min=0).long().flatten(1)[:, None, None, :].expand(b, heads, n, -1)  # (B, heads, N, O*K)
+    a = probs.float().gather(3, idx)  # (B, heads, N, O*K)
+    mm = m.repeat_interleave(k, dim=1).transpose(1, 2)[:, None]  # (B, 1, N, O*K)
     return a, mm
 
 
@@ -129,7 +130,7 @@ def grounding_loss(
 
     Args:
         probs_list: per layer (B, heads, N, T) attention probabilities.
-        obj_tokens: (B, O, 2) token index of each object's colour and shape word (-1: none).
+        obj_tokens: (B, O, K) token indices naming each mask (-1: none).
         obj_masks: (B, O, h0, w0) float object masks at latent size, in [0, 1].
         keep: (B,) bool, False where the caption was dropped.
         pixel_weight: 0 skips the pixel term (returned as zero).
@@ -137,21 +138,21 @@ def grounding_loss(
     Returns:
         (L_token, L_pixel), unweighted.
     """
-    valid = (obj_tokens >= 0) & keep[:, None, None]  # (B, O, 2)
+    valid = (obj_tokens >= 0) & keep[:, None, None]  # (B, O, K)
     zero = obj_masks.new_zeros(())
     if not valid.any():
         return zero, zero
-    w = valid.flatten(1)[:, None, :].float()  # (B, 1, O*2)
+    w = valid.flatten(1)[:, None, :].float()  # (B, 1, O*K)
     token, pixel = zero, zero
     for probs in probs_list:
         heads = probs.shape[1]
         a, mm = _token_probs_and_masks(probs, obj_tokens, obj_masks)
         share = a / a.sum(2, keepdim=True).clamp_min(1e-8)
-        frac = (share * mm).sum(2)  # (B, heads, O*2): share of the token's attention inside its mask
+        frac = (share * mm).sum(2)  # (B, heads, O*K): share of the token's attention inside its mask
         token = token + ((1 - frac) ** 2 * w).sum() / (w.sum() * heads)
         if pixel_weight > 0:
             bce = F.binary_cross_entropy(a.clamp(1e-6, 1 - 1e-6), mm.expand_as(a), reduction="none").mean(2)
-            pixel = pixel + (bce * w).sum() / (w.sum() * heads)  # bce: (B, heads, O*2)
+            pixel = pixel + (bce * w).sum() / (w.sum() * heads)  # bce: (B, heads, O*K)
     return token / len(probs_list), pixel / len(probs_list)
 
 
@@ -195,8 +196,10 @@ def diffusion_loop(
     opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=0.01)
     log = StageLog(name, out_dir, u.steps, cfg.time_budget_s.get(name, cfg.time_budget_s.get("unet")))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
-    save_every = max(500, u.steps // 10)
-    for step in range(u.steps):
+    save_every = max(200, min(500, u.steps // 10))
+    state_path = out_dir / f"{name}_resume.pt"
+    start = _resume(state_path, unet, opt, ema, gen, log) if state_path.exists() else 0
+    for step in range(start, u.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(log.effective_step(step), u.steps, u.lr, u.warmup)
         idx = torch.randint(0, n_items, (u.batch_size,), generator=gen).to(device)
@@ -222,6 +225,7 @@ def diffusion_loop(
         log.log(step, loss.item(), every=100, **extra)
         if (step + 1) % save_every == 0 or log.over_budget() or step + 1 == u.steps:
             _save_ema(unet, ema, out_dir / name)
+            _save_resume(state_path, step + 1, unet, opt, ema, gen, log)
         if log.over_budget():
             break
     log.save(grounding_weight=u.grounding_weight, grounding_pixel_weight=u.grounding_pixel_weight)
@@ -289,6 +293,35 @@ def train_unet(
 
         return diffusion_loop(unet, cfg, make_and_remember, len(latents), out_dir, device, name, extra_loss)
     return diffusion_loop(unet, cfg, make, len(latents), out_dir, device, name)
+
+
+def _save_resume(path: Path, step: int, unet, opt, ema: Ema, gen: torch.Generator, log: StageLog) -> None:
+    """Everything needed to continue a stopped run exactly where it was (run folder only; never committed)."""
+    state = {
+        "step": step,
+        "unet": unet.state_dict(),
+        "opt": opt.state_dict(),
+        "ema": ema.shadow,
+        "ema_n": ema.n,
+        "gen": gen.get_state(),
+        "elapsed": log.elapsed(),
+        "history": log.history,
+    }
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _resume(path: Path, unet, opt, ema: Ema, gen: torch.Generator, log: StageLog) -> int:
+    """Load a :func:`_save_resume` state; returns the step to continue from. The time budget counts both runs."""
+    state = torch.load(path, weights_only=False)
+    unet.load_state_dict(state["unet"])
+    opt.load_state_dict(state["opt"])
+    ema.shadow, ema.n = state["ema"], state["ema_n"]
+    gen.set_state(state["gen"])
+    log.start -= state["elapsed"]
+    log.history = [tuple(h) for h in state["history"]]
+    print(f"[{log.name}] resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min done)", flush=True)
+    return int(state["step"])
 
 
 def _save_ema(unet, ema: Ema, path: Path) -> None:

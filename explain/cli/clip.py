@@ -8,9 +8,10 @@ The model is the embedded tiny CLIP (``--model`` a pipeline directory carrying `
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from explain.io.formats import write_json
 
 __all__ = ["add_parser", "run", "run_clip"]
 
@@ -55,8 +56,8 @@ def _open_images(paths: Sequence[Path]) -> list:
 def _load_clip(model: str | None):
     """``(open_clip model, tokenizer, preprocess)`` of the embedded CLIP (or another pipeline dir with ``clip/``)."""
     from explain.cli import CliError
-    from explain.clip_model import load_clip
-    from explain.loading import EMBEDDED_MODEL_DIR
+    from explain.clip.model import load_clip
+    from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 
     model_dir = Path(model) if model else EMBEDDED_MODEL_DIR
     try:
@@ -76,7 +77,7 @@ def run_clip(
     image_labels: Sequence[str] | None = None,
     temperature: float | None = None,
 ):
-    """Run :func:`explain.clip_contrastive.contrastive_step` and write the figure and JSON into ``out_dir``.
+    """Run :func:`explain.clip.contrastive.contrastive_step` and write the figure and JSON into ``out_dir``.
 
     Args:
         images: ``n`` PIL images; image ``k`` pairs with ``texts[k]``.
@@ -89,13 +90,13 @@ def run_clip(
         temperature: optional temperature override.
 
     Returns:
-        The :class:`explain.clip_contrastive.ContrastiveResult`.
+        The :class:`explain.clip.contrastive.ContrastiveResult`.
     """
     import numpy as np
     import torch
 
-    from explain.clip_contrastive import contrastive_step
-    from explain.figures import clip_logits_figure
+    from explain.clip.contrastive import contrastive_step
+    from explain.io.figures import clip_logits_figure
 
     if len(images) != len(texts):
         raise ValueError(f"need matched pairs: {len(images)} images vs {len(texts)} texts")
@@ -140,7 +141,7 @@ def run_clip(
         "image_projection": result.image_projection,
         "text_projection": result.text_projection,
     }
-    (out_dir / JSON_NAME).write_text(json.dumps(doc, indent=2))
+    write_json(out_dir / JSON_NAME, doc)
     return result
 
 

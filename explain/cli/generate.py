@@ -4,7 +4,8 @@ Writes into ``--out DIR`` (or ``DIR/NNN/`` per pair when several prompts or seed
 ``DIR/index.json``):
 
 - ``image.png``       the generated image
-- ``summary.json``    prompt, seed, model, tokens, words, capture bytes, seconds (``denoising``: pipeline call to the
+- ``summary.json``    prompt, seed, model, tokens, words, ``unknown_words`` (words the model never saw in training;
+                      empty for real checkpoints), capture bytes, seconds (``denoising``: pipeline call to the
                       last step's callback, prompt encoding included; ``total``: the whole pair, files included)
 - ``attention.npz``   ``words``, ``word_maps`` (n_words, H, W) float32, ``tokens``, ``token_maps`` (n_tokens, H, W)
                       float32 (DAAM aggregate over all steps, layers, heads; not normalised), ``cube`` float16
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import sys
 import time
 from pathlib import Path
 
 from explain.cli import CliError
-from explain.loading import SCHEDULERS
+from explain.diffusion.geometry import Geometry
+from explain.diffusion.loading import SCHEDULERS
+from explain.io.formats import write_json
 
 __all__ = ["add_parser", "run"]
 
@@ -75,16 +78,14 @@ def _validate_args(args) -> list[int]:
 
 def _image_size(args, pipe) -> tuple[int, int]:
     """(height, width), defaulting to the model's, checked against the U-Net's total downsampling."""
-    sample = pipe.unet.config.sample_size
-    sample_hw = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    height = args.height or sample_hw[0] * pipe.vae_scale_factor
-    width = args.width or sample_hw[1] * pipe.vae_scale_factor
-    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    geometry = Geometry.from_pipeline(pipe, layers=False)
+    height, width = geometry.size(args.height, args.width)
+    multiple = geometry.multiple
     for name, value in (("height", height), ("width", width)):
         if value % multiple:
             raise CliError(
-                f"--{name} {value} is not a multiple of {multiple} (VAE factor {pipe.vae_scale_factor} x U-Net "
-                f"downsampling {multiple // pipe.vae_scale_factor})"
+                f"--{name} {value} is not a multiple of {multiple} (VAE factor {geometry.vae_factor} x U-Net "
+                f"downsampling {multiple // geometry.vae_factor})"
             )
     return height, width
 
@@ -93,7 +94,7 @@ def _load(args):
     import diffusers
     import transformers
 
-    from explain.loading import ModelLoadError, describe_pipeline, load_pipeline, scheduler_class
+    from explain.diffusion.loading import ModelLoadError, describe_pipeline, load_pipeline, scheduler_class
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -110,26 +111,14 @@ def _load(args):
 
 
 def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out: Path, preview) -> dict:
-    import torch
-
-    from explain.attention import AttentionRecorder, compose_callbacks
-    from explain.film import FilmRecorder, initial_noise
-    from explain.heatmap import aggregate
-    from explain.outputs import write_attention_files
-    from explain.tokens import tokenize_prompt
+    from explain.clip.vocabulary import model_vocabulary, unknown_words, unknown_words_message
+    from explain.engine.run import Capture, recorded_run  # torch: deferred so that the parser builds without it
+    from explain.io.writers import write_attention_files
+    from explain.maps.aggregation import aggregate
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     height, width = size
-    view = tokenize_prompt(pipe.tokenizer, prompt)
-    generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-    noise = initial_noise(pipe, 1, height, width, generator)  # the draw the pipeline would make
-    stamps: list[float] = []
-
-    def stamp(_pipe, _i, _t, callback_kwargs):
-        stamps.append(time.perf_counter())
-        return callback_kwargs
-
     call = dict(
         prompt=prompt,
         negative_prompt=args.negative_prompt,
@@ -137,16 +126,17 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         guidance_scale=args.guidance,
         height=height,
         width=width,
-        generator=generator,
-        latents=noise,
     )
+    capture = Capture.nothing() if args.no_capture else Capture(film_decode=args.film_decode, preview=preview)
+    run = recorded_run(pipe, call, seed=seed, capture=capture)
+    view = run.view
     summary = {
         "prompt": prompt,
         "negative_prompt": args.negative_prompt,
         "seed": seed,
         "model": args.model or "embedded",
         "pipeline": type(pipe).__name__,
-        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler": run.scheduler,
         "steps": args.steps,
         "guidance": args.guidance,
         "height": height,
@@ -154,33 +144,24 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         "tokens": list(view.used_tokens),
         "truncated": list(view.truncated),
         "words": [w.text for w in view.words],
+        "unknown_words": list(unknown_words(view, model_vocabulary(pipe.text_encoder))),
     }
-    denoise_start = time.perf_counter()
-    if args.no_capture:
-        image = pipe(**call, callback_on_step_end=stamp).images[0]
+    if summary["unknown_words"]:
+        print(f"note: {unknown_words_message(summary['unknown_words'])}", file=sys.stderr)
+    if run.captured is None:
         summary.update(capture_bytes=0, capture=False)
     else:
-        film = FilmRecorder(pipe, decode=args.film_decode, initial_latents=noise, preview=preview)
-        with AttentionRecorder(pipe, token_count=view.n_used, height=height, width=width) as rec:
-            callback = compose_callbacks(rec.callback_on_step_end, film.callback_on_step_end, stamp)
-            image = pipe(**call, callback_on_step_end=callback).images[0]
-        captured = rec.result()
-        maps = aggregate(captured, view)
-        frames = film.frames()
-        write_attention_files(out, maps, captured, image, view, frames)
+        write_attention_files(out, aggregate(run.captured, view), run.captured, run.image, view, run.frames)
         summary.update(
             capture=True,
-            capture_bytes=captured.nbytes,
-            film_source="/".join(sorted({frame.source for frame in frames})),  # "x0", "latents" or both
-            layers=len(captured.layer_names),
-            captured_steps=captured.n_steps,
+            capture_bytes=run.captured.nbytes,
+            film_source="/".join(sorted({frame.source for frame in run.frames})),  # "x0", "latents" or both
+            layers=len(run.captured.layer_names),
+            captured_steps=run.captured.n_steps,
         )
-    image.save(out / "image.png")
-    summary["seconds"] = {
-        "denoising": round((stamps[-1] if stamps else time.perf_counter()) - denoise_start, 4),
-        "total": round(time.perf_counter() - started, 4),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    run.image.save(out / "image.png")
+    summary["seconds"] = {"denoising": round(run.denoise_seconds, 4), "total": round(time.perf_counter() - started, 4)}
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -192,7 +173,7 @@ def run(args) -> int:
     pairs = list(itertools.product(args.prompt, seeds))
     preview = None
     if not args.no_capture and args.film_decode != "vae":
-        from explain.film import LatentPreview
+        from explain.capture.film import LatentPreview
 
         preview = LatentPreview.fit(pipe.vae)  # once per model
     if len(pairs) == 1:
@@ -203,5 +184,5 @@ def run(args) -> int:
         sub = f"{n:03d}"
         _generate_one(pipe, args, prompt, seed, size, args.out / sub, preview)
         index.append({"prompt": prompt, "seed": seed, "dir": sub})
-    (args.out / "index.json").write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(args.out / "index.json", index)
     return 0

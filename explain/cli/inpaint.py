@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from explain.usecases.cli_support import add_common_arguments, execute
+from explain.cli.usecase_args import add_common_arguments, execute
 
 __all__ = ["add_parser", "run", "add_mode_arguments"]
 
@@ -71,7 +71,7 @@ def run(args) -> int:
 
 def _precheck(args) -> None:
     """Mask problems (empty, other aspect ratio, unreadable) before the model loads."""
-    from explain.usecases.cli_support import read_image
+    from explain.cli.usecase_args import read_image
     from explain.usecases.inputs import to_mask
 
     to_mask(args.mask, read_image(args.image).size, "--mask")

@@ -7,10 +7,10 @@ Writes ``markov.png`` (sampled paths; per-step distribution converging to the st
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from explain.cli import positive_int
+from explain.io.formats import write_json
 
 __all__ = ["add_parser", "run", "run_markov"]
 
@@ -20,7 +20,7 @@ JSON_NAME = "markov.json"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``markov`` on the top-level subparsers."""
-    from explain.markov import WEATHER_STATES
+    from explain.diffusion.markov import WEATHER_STATES
 
     parser = subparsers.add_parser(
         "markov",
@@ -49,8 +49,8 @@ def run_markov(steps: int, out_dir: Path, n_paths: int, seed: int, start: str) -
     """Sample, compute, write ``markov.png`` and ``markov.json`` into ``out_dir``; return the JSON document."""
     import numpy as np
 
-    from explain.figures import markov_figure
-    from explain.markov import WeatherChain
+    from explain.diffusion.markov import WeatherChain
+    from explain.io.figures import markov_figure
 
     chain = WeatherChain()
     paths = chain.sample_paths(n_paths, steps, start, np.random.default_rng(seed))
@@ -70,7 +70,7 @@ def run_markov(steps: int, out_dir: Path, n_paths: int, seed: int, start: str) -
         "tv_to_stationary": dist.tv_to_stationary.tolist(),
         "second_eigenvalue_modulus": dist.second_eigenvalue_modulus,
     }
-    (out_dir / JSON_NAME).write_text(json.dumps(doc, indent=2))
+    write_json(out_dir / JSON_NAME, doc)
     return doc
 
 

@@ -12,11 +12,12 @@ The schedule and VAE come from the model (``--model``, default the embedded one)
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from explain.cli import positive_int
+from explain.diffusion.geometry import vae_factor
+from explain.io.formats import write_json
 
 __all__ = ["add_parser", "run", "run_noise", "default_timesteps"]
 
@@ -99,7 +100,7 @@ def _forgetting_doc(f) -> dict:
 def _space_stats(x0, schedule, ts, generator, stat_samples: int, stat_elements: int) -> dict:
     import torch
 
-    from explain.noising import compare_moments, forgetting
+    from explain.diffusion.noising import compare_moments, forgetting
 
     flat = x0.reshape(-1)
     pick = torch.randperm(flat.numel(), generator=generator)[:stat_elements]
@@ -112,15 +113,20 @@ def _space_stats(x0, schedule, ts, generator, stat_samples: int, stat_elements: 
     }
 
 
-def _frames(x0, schedule, ts, generator):
-    """``x0`` at every t: step chain ``(K, *x0.shape)`` and closed form with fresh noise ``(K, *x0.shape)``."""
-    import torch
+def _latent_rows(vae, latents, schedule, ts, generator) -> dict:
+    """Strip rows of the latent chain: step chain and closed form decoded by the VAE, and the raw channels 1-3."""
+    from explain.diffusion.latents import decode_latents
+    from explain.diffusion.noising import forward_chains
+    from explain.io.figures import pixels_to_rgb
 
-    from explain.noising import closed_form, step_chain
-
-    chain = step_chain(x0, schedule, generator, record_at=ts).frames
-    closed = torch.stack([closed_form(x0, t, schedule, torch.randn(x0.shape, generator=generator)) for t in ts])
-    return chain, closed
+    z_chain, z_closed = forward_chains(latents, schedule, ts, generator)
+    clean = pixels_to_rgb(decode_latents(vae, latents))[0]
+    raw = [latents] + list(z_chain)  # first 3 latent channels as colours (latents have ~unit variance)
+    return {
+        "latents:\nstep chain\n(decoded)": [clean] + [pixels_to_rgb(decode_latents(vae, z))[0] for z in z_chain],
+        "latents:\nclosed form\n(decoded)": [clean] + [pixels_to_rgb(decode_latents(vae, z))[0] for z in z_closed],
+        "latents:\nstep chain\n(raw ch. 1-3)": [pixels_to_rgb(z[:, :3])[0] for z in raw],
+    }
 
 
 def run_noise(
@@ -157,8 +163,9 @@ def run_noise(
     """
     import torch
 
-    from explain.figures import noising_strip_figure, pixels_to_rgb, schedule_figure
-    from explain.noising import ForwardSchedule, decode_latents, encode_latents, rgb_to_pixels
+    from explain.diffusion.latents import encode_latents, rgb_to_pixels
+    from explain.diffusion.noising import ForwardSchedule, forward_chains
+    from explain.io.figures import noising_strip_figure, pixels_to_rgb, schedule_figure
 
     schedule = ForwardSchedule.from_scheduler(scheduler)
     T = schedule.num_train_timesteps
@@ -167,18 +174,12 @@ def run_noise(
         raise ValueError(f"--t values must lie in 0..{T - 1} for this scheduler, got {ts}")
     generator = torch.Generator().manual_seed(seed)
     columns = ["x₀ (clean)"] + [f"t = {t}" for t in ts]
-    doc: dict = {
-        "scheduler": type(scheduler).__name__,
-        "num_train_timesteps": T,
-        "timesteps": ts,
-        "alpha_bar": schedule.alpha_bars[ts].tolist(),
-        "snr": schedule.snr[ts].tolist(),
-        "seed": seed,
-    }
+    doc: dict = dict(scheduler=type(scheduler).__name__, num_train_timesteps=T, timesteps=ts, seed=seed)
+    doc.update(alpha_bar=schedule.alpha_bars[ts].tolist(), snr=schedule.snr[ts].tolist())
 
     # Pixel space: images in [-1, 1], (1, 3, H, W).
     pixels = rgb_to_pixels(_fit(image, max_side))
-    chain, closed = _frames(pixels, schedule, ts, generator)  # (K, 1, 3, H, W) each
+    chain, closed = forward_chains(pixels, schedule, ts, generator)  # (K, 1, 3, H, W) each
     rows = {
         "pixels:\nstep chain": [pixels_to_rgb(pixels)[0]] + [pixels_to_rgb(f)[0] for f in chain],
         "pixels:\nclosed form": [pixels_to_rgb(pixels)[0]] + [pixels_to_rgb(f)[0] for f in closed],
@@ -189,17 +190,9 @@ def run_noise(
     if vae is None:
         doc["latent"] = {"skipped": "no VAE (--pixel-only or the model could not be loaded)"}
     else:
-        factor = vae_scale_factor or 2 ** (len(vae.config.block_out_channels) - 1)
-        latent_input = rgb_to_pixels(_fit(image, max_side, multiple=factor))
-        latents = encode_latents(vae, latent_input).float().cpu()  # (1, C, H / f, W / f)
-        z_chain, z_closed = _frames(latents, schedule, ts, generator)
-        clean = pixels_to_rgb(decode_latents(vae, latents))[0]
-        rows["latents:\nstep chain\n(decoded)"] = [clean] + [pixels_to_rgb(decode_latents(vae, z))[0] for z in z_chain]
-        rows["latents:\nclosed form\n(decoded)"] = [clean] + [
-            pixels_to_rgb(decode_latents(vae, z))[0] for z in z_closed
-        ]
-        raw = [latents] + list(z_chain)  # first 3 latent channels as colours (latents have ~unit variance)
-        rows["latents:\nstep chain\n(raw ch. 1-3)"] = [pixels_to_rgb(z[:, :3])[0] for z in raw]
+        factor = vae_scale_factor or vae_factor(vae.config)
+        latents = encode_latents(vae, rgb_to_pixels(_fit(image, max_side, multiple=factor))).float().cpu()
+        rows.update(_latent_rows(vae, latents, schedule, ts, generator))  # latents (1, C, H / f, W / f)
         doc["latent"] = {
             "scaling_factor": vae.config.scaling_factor,
             "vae_scale_factor": factor,
@@ -209,14 +202,14 @@ def run_noise(
     strip = noising_strip_figure(columns, rows, title="Forward chain: step by step vs closed form q(x_t | x_0)")
     strip.savefig(out_dir / STRIP_NAME)
     schedule_figure(schedule, ts).savefig(out_dir / SCHEDULE_NAME)
-    (out_dir / JSON_NAME).write_text(json.dumps(doc, indent=2))
+    write_json(out_dir / JSON_NAME, doc)
     return doc
 
 
 def _scheduler_without_pipeline(model: str | None):
     from diffusers import DDPMScheduler
 
-    from explain.loading import EMBEDDED_MODEL_DIR
+    from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 
     path = Path(model) if model else EMBEDDED_MODEL_DIR
     if (path / "scheduler" / "scheduler_config.json").is_file():
@@ -234,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {args.out} exists and is not a directory")
     pipe = None
     if not args.pixel_only:
-        from explain.loading import load_pipeline
+        from explain.diffusion.loading import load_pipeline
 
         try:
             pipe = load_pipeline(args.model)

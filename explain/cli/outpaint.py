@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from explain.cli.inpaint import add_mode_arguments
-from explain.usecases.cli_support import add_common_arguments, execute
+from explain.cli.usecase_args import add_common_arguments, execute
 
 __all__ = ["add_parser", "run"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from explain.usecases.cli_support import add_common_arguments, execute
+from explain.cli.usecase_args import add_common_arguments, execute
 
 __all__ = ["add_parser", "run"]
 
@@ -75,7 +75,7 @@ def run(args) -> int:
             f"use --strength >= {1 / args.steps:.3g} or more --steps"
         )
     if args.style_image is not None:
-        from explain.usecases.cli_support import read_image
+        from explain.cli.usecase_args import read_image
 
         read_image(args.style_image, "--style-image")
     return execute(args, "img2img", _call)

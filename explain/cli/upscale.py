@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from explain.usecases.cli_support import add_common_arguments, execute
+from explain.cli.usecase_args import add_common_arguments, execute
 
 __all__ = ["add_parser", "run"]
 

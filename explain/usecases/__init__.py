@@ -14,13 +14,14 @@ outpainting        inpainting of a new border                 pure noise in the 
 
 Every function returns a frozen dataclass (:class:`TaskResult` subclasses) with the image, the U-Net input table
 read from the real tensors (:class:`UNetInputChannel` rows), where the sampler started on the forward chain
-(:class:`explain.noising.StrengthStart`), and the same cross-attention views as text-to-image (captured maps, DAAM
+(:class:`explain.diffusion.noising.StrengthStart`), and the same cross-attention views as text-to-image (captured maps, DAAM
 word maps, film). Pipelines come from :func:`load_task_pipeline` (embedded model + task U-Nets, or real checkpoints).
 
 Modules: :mod:`.models` (pipelines), :mod:`.inputs` (image/mask conversion and sizes), :mod:`.layout` (U-Net input
 table), :mod:`.run` (recorded pipeline call), :mod:`.superres`, :mod:`.sdedit` (style transfer), :mod:`.inpainting`
-(inpainting and outpainting), :mod:`.metrics` (PSNR, SSIM), :mod:`.export` (files for the command line),
-:mod:`.cli_support` (argparse glue of the four subcommands).
+(inpainting and outpainting), :mod:`.metrics` (PSNR, SSIM), :mod:`.export` (files for the command line). The
+argparse glue of the four subcommands is :mod:`explain.cli.usecase_args` (the CLI imports the library, never the
+other way round).
 """
 
 from __future__ import annotations

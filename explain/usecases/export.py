@@ -16,12 +16,13 @@ Into one directory:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from explain.io.formats import write_json
+from explain.io.writers import write_attention_files
 from explain.usecases.layout import input_layout_figure, layout_records
 from explain.usecases.run import TaskResult
 
@@ -98,14 +99,13 @@ def _task_images(result: TaskResult) -> dict[str, Image.Image]:
 
 def write_outputs(result: TaskResult, out: str | Path, model: str | None = None) -> dict:
     """Write every file of the module docstring into ``out`` (created); returns the summary written."""
-    from explain.outputs import write_attention_files
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result.image.save(out / "image.png")
     for name, image in _task_images(result).items():
         image.save(out / f"{name}.png")
-    (out / "input_layout.json").write_text(json.dumps(layout_json(result), indent=2) + "\n", encoding="utf-8")
+    write_json(out / "input_layout.json", layout_json(result))
     figure = input_layout_figure(result.inputs, result.input_sample, title=f"{result.task}: what enters the U-Net")
     figure.savefig(out / "input_layout.png", dpi=80)
     summary = summary_json(result, model)
@@ -118,5 +118,5 @@ def write_outputs(result: TaskResult, out: str | Path, model: str | None = None)
             captured_steps=result.captured.n_steps,
             film_source="/".join(sorted({frame.source for frame in result.film})),
         )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / "summary.json", summary)
     return summary

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
-from explain.noising import strength_to_start_step
+from explain.diffusion.noising import strength_to_start_step
+from explain.engine.requests import RunSettings
 from explain.usecases.inputs import native_size, resize, size_multiple, to_mask, to_rgb, working_size
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -115,10 +115,15 @@ def _inpaint(pipe, source: Image.Image, mask: np.ndarray, prompt: str, notes: li
         num_inference_steps=steps,
         guidance_scale=options["guidance"],
         negative_prompt=options["negative_prompt"],
-        generator=torch.Generator().manual_seed(options["seed"]),
     )
     rec = run_recorded(
-        pipe, call, capture=options["capture"], film_decode=options["film_decode"], preview=options["preview"]
+        pipe,
+        call,
+        seed=options["seed"],
+        capture=options["capture"],
+        film_decode=options["film_decode"],
+        preview=options["preview"],
+        lock=options["lock"],
     )
     generated = rec.image
     if generated.size != source.size:
@@ -157,6 +162,7 @@ def inpaint(
     capture: bool = True,
     film_decode: str = "auto",
     preview=None,
+    lock=None,
 ) -> InpaintResult:
     """Fill the white region of ``mask`` in ``image``, steered by ``prompt``; other pixels are kept exactly.
 
@@ -175,11 +181,13 @@ def inpaint(
         negative_prompt: Prompt of the unconditional branch.
         capture: Record cross-attention and the film.
         film_decode: ``"preview"`` or ``"vae"``.
-        preview: A fitted :class:`~explain.film.LatentPreview` to reuse.
+        preview: A fitted :class:`~explain.capture.film.LatentPreview` to reuse.
+        lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
         ValueError: Empty mask, mask of another aspect ratio, zero denoising steps, unreadable inputs.
     """
+    RunSettings(seed, steps, guidance).validate()
     source, notes = to_rgb(image)
     binary, mask_notes = to_mask(mask, source.size)
     options = dict(
@@ -191,6 +199,7 @@ def inpaint(
         capture=capture,
         film_decode=film_decode,
         preview=preview,
+        lock=lock,
     )
     return InpaintResult(**_inpaint(pipe, source, binary, prompt, list(notes + mask_notes), "inpaint", **options))
 
@@ -204,6 +213,31 @@ def _grow_to_multiple(before: int, after: int, length: int, multiple: int) -> tu
     if before and after:
         return before + extra // 2, after + extra - extra // 2
     return (before + extra, after) if before else (before, after + extra)
+
+
+def _zoomed_out(image: Image.Image, zoom_out: float) -> tuple[Image.Image, tuple[int, int]]:
+    """``image`` shrunk by ``zoom_out`` (box filter) and its offset when centred on a canvas of the original size."""
+    if zoom_out == 1:
+        return image, (0, 0)
+    width, height = image.size
+    inner = (round(width / zoom_out), round(height / zoom_out))
+    if min(inner) < 1:
+        raise ValueError(f"zoom_out {zoom_out:g} shrinks the {width}x{height} image to nothing")
+    return image.resize(inner, Image.Resampling.BOX), ((width - inner[0]) // 2, (height - inner[1]) // 2)
+
+
+def _edge_canvas(content: Image.Image, canvas_size: tuple[int, int], at: tuple[int, int]):
+    """``content`` placed at ``at`` on a canvas of its edge-replicated pixels: (canvas, fill mask (H, W), box).
+
+    The box is where the kept content lies; the mask is True everywhere else (the border to fill).
+    """
+    x0, y0 = at
+    box = (x0, y0, x0 + content.width, y0 + content.height)
+    pad = ((box[1], canvas_size[1] - box[3]), (box[0], canvas_size[0] - box[2]), (0, 0))
+    canvas = Image.fromarray(np.pad(np.asarray(content), pad, mode="edge"))
+    mask = np.ones((canvas_size[1], canvas_size[0]), bool)
+    mask[box[1] : box[3], box[0] : box[2]] = False
+    return canvas, mask, box
 
 
 def outpaint(
@@ -223,6 +257,7 @@ def outpaint(
     capture: bool = True,
     film_decode: str = "auto",
     preview=None,
+    lock=None,
 ) -> OutpaintResult:
     """Extend the canvas and fill the new border with the inpainting machinery.
 
@@ -243,6 +278,7 @@ def outpaint(
     Raises:
         ValueError: Nothing to extend, negative sides, a zoom-out leaving no content, bad inputs.
     """
+    RunSettings(seed, steps, guidance).validate()
     original, notes = to_rgb(image)
     notes = list(notes)
     sides = {"left": left, "right": right, "top": top, "bottom": bottom}
@@ -253,14 +289,7 @@ def outpaint(
     if zoom_out == 1 and not any(sides.values()):
         raise ValueError("nothing to outpaint: extend a side (left/right/top/bottom > 0) or zoom out (> 1)")
     width, height = original.size
-    content = original
-    cx0, cy0 = 0, 0
-    if zoom_out > 1:
-        inner = (round(width / zoom_out), round(height / zoom_out))
-        if min(inner) < 1:
-            raise ValueError(f"zoom_out {zoom_out:g} shrinks the {width}x{height} image to nothing")
-        content = original.resize(inner, Image.Resampling.BOX)
-        cx0, cy0 = (width - inner[0]) // 2, (height - inner[1]) // 2
+    content, (cx0, cy0) = _zoomed_out(original, zoom_out)
     multiple = size_multiple(pipe)
     left, right = _grow_to_multiple(left, right, width, multiple)
     top, bottom = _grow_to_multiple(top, bottom, height, multiple)
@@ -274,14 +303,7 @@ def outpaint(
             f"canvas {canvas_size[0]}x{canvas_size[1]} is larger than the model's native {native[0]}x{native[1]}: "
             "the U-Net runs at the new size, beyond what it was trained on (zoom_out keeps the native size)"
         )
-    # place the content on a canvas of edge-replicated pixels; the box is where the kept content lies
-    x0, y0 = left + cx0, top + cy0
-    box = (x0, y0, x0 + content.width, y0 + content.height)
-    arr = np.asarray(content)
-    pad = ((box[1], canvas_size[1] - box[3]), (box[0], canvas_size[0] - box[2]), (0, 0))
-    canvas = Image.fromarray(np.pad(arr, pad, mode="edge"))
-    mask = np.ones((canvas_size[1], canvas_size[0]), bool)
-    mask[box[1] : box[3], box[0] : box[2]] = False
+    canvas, mask, box = _edge_canvas(content, canvas_size, (left + cx0, top + cy0))
     options = dict(
         seed=seed,
         steps=steps,
@@ -291,6 +313,7 @@ def outpaint(
         capture=capture,
         film_decode=film_decode,
         preview=preview,
+        lock=lock,
     )
     fields = _inpaint(pipe, canvas, mask, prompt, notes, "outpaint", **options)
     return OutpaintResult(**fields, original=original, box=box, zoom_out=float(zoom_out))

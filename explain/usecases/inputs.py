@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from explain.diffusion.geometry import Geometry
+
 __all__ = ["to_rgb", "to_mask", "union_mask", "size_multiple", "native_size", "working_size", "resize"]
 
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference up to which a mask of another size is resized
@@ -197,14 +199,13 @@ def union_mask(layers, size: tuple[int, int], name: str = "mask") -> tuple[np.nd
 
 def size_multiple(pipe) -> int:
     """Pixels an image side must be a multiple of: ``vae_scale_factor × 2^(down blocks − 1)``."""
-    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    return Geometry.from_pipeline(pipe, layers=False).multiple
 
 
 def native_size(pipe) -> tuple[int, int]:
     """(width, height) in pixels the U-Net was built for: ``unet.config.sample_size × vae_scale_factor``."""
-    sample = pipe.unet.config.sample_size
-    h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    return w * pipe.vae_scale_factor, h * pipe.vae_scale_factor
+    h, w = Geometry.from_pipeline(pipe, layers=False).default_hw
+    return w, h
 
 
 def working_size(pipe, size: tuple[int, int], max_scale: float = 2.0) -> tuple[tuple[int, int], tuple[str, ...]]:
@@ -221,12 +222,13 @@ def working_size(pipe, size: tuple[int, int], max_scale: float = 2.0) -> tuple[t
         scale = native / max(width, height)
         notes.append(f"{width}x{height} is far above the model's native {native} px: scaled by {scale:.3g}")
         width, height = width * scale, height * scale
-    multiple = size_multiple(pipe)
+    geometry = Geometry.from_pipeline(pipe, layers=False)
+    multiple = geometry.multiple
     new = tuple(max(multiple, int(round(v / multiple)) * multiple) for v in (width, height))
     if new != tuple(size) and not notes:
         notes.append(
-            f"{size[0]}x{size[1]} is not a multiple of {multiple} (VAE factor {pipe.vae_scale_factor} x U-Net "
-            f"downsampling {multiple // pipe.vae_scale_factor}): run at {new[0]}x{new[1]}"
+            f"{size[0]}x{size[1]} is not a multiple of {multiple} (VAE factor {geometry.vae_factor} x U-Net "
+            f"downsampling {geometry.unet_downsampling}): run at {new[0]}x{new[1]}"
         )
     elif new != tuple(size):
         notes[-1] += f", run at {new[0]}x{new[1]}"

@@ -31,6 +31,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionUpscalePipeline
+from matplotlib.figure import Figure
+
+from explain.io.figures import FONT
 
 __all__ = ["UNetInputChannel", "UNetInputRecorder", "input_layout", "layout_records", "input_layout_figure"]
 
@@ -114,7 +118,6 @@ class UNetInputRecorder:
 
 def _sample_parts(pipe) -> list[tuple[str, int, str]]:
     """(name, channels, description) of each concatenated part of ``sample``, in the pipeline's order."""
-    from diffusers import StableDiffusionUpscalePipeline
 
     latent = pipe.vae.config.latent_channels
     total = pipe.unet.config.in_channels
@@ -242,9 +245,6 @@ def input_layout_figure(table: tuple[UNetInputChannel, ...], sample: torch.Tenso
     Returns:
         A matplotlib Figure (not registered with pyplot).
     """
-    from matplotlib.figure import Figure
-
-    from explain.figures import FONT
 
     image = sample[-1].float().numpy()  # (C, h, w): the last batch row is the prompt-conditioned branch
     channels = image.shape[0]

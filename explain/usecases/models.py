@@ -1,8 +1,8 @@
 """Task pipelines around one U-Net design: super-resolution, img2img, inpainting (9-channel or blended).
 
-Two sources, like :func:`explain.loading.load_pipeline`:
+Two sources, like :func:`explain.diffusion.loading.load_pipeline`:
 
-- ``model=None``: the embedded model (:data:`explain.loading.EMBEDDED_MODEL_DIR`) plus the task U-Nets in
+- ``model=None``: the embedded model (:data:`explain.diffusion.loading.EMBEDDED_MODEL_DIR`) plus the task U-Nets in
   :data:`TASK_MODEL_DIR` (``inpaint/unet`` with 9 input channels, ``upscale/unet`` with 7, and their schedulers).
   Only U-Nets are stored there: text encoder, tokenizer and VAE are the base pipeline's (one copy of each weight,
   on disk and in memory: pipelines are built with ``from_pipe`` or from the base's components).
@@ -27,9 +27,20 @@ import json
 import warnings
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
 
-from explain.loading import EMBEDDED_MODEL_DIR, ModelLoadError, default_device, load_pipeline
+from explain.diffusion.loading import (
+    EMBEDDED_MODEL_DIR,
+    ModelLoadError,
+    check_model_index,
+    check_safetensors,
+    default_device,
+    load_pipeline,
+    offline_message,
+    read_model_index,
+)
 
 __all__ = ["TASK_MODEL_DIR", "TASKS", "INPAINT_MODES", "load_base", "load_task_pipeline", "task_models_available"]
 
@@ -64,14 +75,6 @@ def _dtype(device: str, dtype: torch.dtype | None) -> torch.dtype:
 
 def _load_class(model: str, classes: tuple[str, ...], device: str, dtype: torch.dtype | None):
     """Load a pipeline of one of ``classes`` from a local directory or a Hub id (offline: fail fast)."""
-    import diffusers
-
-    from explain.loading import (  # the model-index path of load_pipeline
-        check_model_index,
-        check_safetensors,
-        offline_message,
-        read_model_index,
-    )
 
     index, source, local_only = read_model_index(model)
     class_name = index.get("_class_name")
@@ -101,13 +104,12 @@ def _load_class(model: str, classes: tuple[str, ...], device: str, dtype: torch.
 
 
 def load_base(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
-    """The text-to-image pipeline the task pipelines share components with (:func:`explain.loading.load_pipeline`)."""
+    """The text-to-image pipeline the task pipelines share components with (:func:`explain.diffusion.loading.load_pipeline`)."""
     return load_pipeline(model, device=device, dtype=dtype)
 
 
 def _scheduler(path: Path):
     """A scheduler saved with ``save_pretrained``, of the class its config names."""
-    import diffusers
 
     config = json.loads((path / "scheduler_config.json").read_text())
     return getattr(diffusers, config["_class_name"]).from_pretrained(path)
@@ -121,7 +123,6 @@ def _upscale_from_base(base, task_dir):
     and shares that VAE with the base pipeline, so the original factor is put back right after construction;
     otherwise the upscaler would decode latents 4x too large and the base pipeline would break too.
     """
-    from diffusers import StableDiffusionUpscalePipeline, UNet2DConditionModel
 
     path = _task_dir(task_dir, "upscale")
     device, dtype = base.unet.device, base.unet.dtype
@@ -151,7 +152,6 @@ def _upscale_from_base(base, task_dir):
 
 def _from_pipe(base, kind: str, **kwargs):
     """img2img / inpainting pipeline sharing ``base``'s components (SD or SDXL)."""
-    import diffusers
 
     sdxl = isinstance(base, diffusers.StableDiffusionXLPipeline)
     name = {
@@ -171,7 +171,6 @@ def _img2img_scheduler(scheduler):
     20 steps, guidance 7.5): PSNR to the content image 13.9 dB with 2M against 26.0 dB with DDIM and 24.6 dB with
     first order. Other schedulers are kept as they are.
     """
-    from diffusers import DPMSolverMultistepScheduler
 
     if isinstance(scheduler, DPMSolverMultistepScheduler) and scheduler.config.solver_order > 1:
         return DPMSolverMultistepScheduler.from_config(scheduler.config, solver_order=1)
@@ -197,7 +196,7 @@ def load_task_pipeline(
             U-Net, known latents blended in every step).
         base: An already loaded text-to-image pipeline to share components with (used when ``model`` is None, or
             for img2img/blend); saves loading it again.
-        device: ``"cpu"``, ``"cuda"``...; default :func:`explain.loading.default_device` (or ``base``'s device).
+        device: ``"cpu"``, ``"cuda"``...; default :func:`explain.diffusion.loading.default_device` (or ``base``'s device).
         dtype: Weights dtype; default float16 on CUDA, float32 otherwise.
         task_dir: Folder of the embedded task U-Nets; default :data:`TASK_MODEL_DIR`.
 
@@ -227,7 +226,6 @@ def load_task_pipeline(
                         "or a 9-channel inpainting checkpoint such as stable-diffusion-v1-5/stable-diffusion-inpainting"
                     ) from err
                 raise
-        from diffusers import UNet2DConditionModel
 
         base = base if base is not None else load_base(None, device, dtype)
         path = _task_dir(task_dir, "inpaint")

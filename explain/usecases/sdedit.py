@@ -5,7 +5,7 @@ noise the content image's latent to an intermediate timestep t₀ with the close
 eq. 4) and run the reverse chain from there, conditioned on a prompt that carries the new style. Noise erases fine
 detail (texture, stroke, background) first and layout last, so a middle t₀ keeps *what is where* and lets the prompt
 repaint *how it looks*. diffusers' ``StableDiffusionImg2ImgPipeline`` is exactly this; its ``strength`` is t₀ as a
-fraction of the sampler's steps (:func:`explain.noising.strength_to_start_step`). The U-Net input is the plain
+fraction of the sampler's steps (:func:`explain.diffusion.noising.strength_to_start_step`). The U-Net input is the plain
 4-channel latent: img2img changes only *where the chain starts*.
 
 Style words of the shapes world: drawing styles ``outlined``, ``striped``; scenes ``at night``, ``on grass``,
@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from explain import world
-from explain.noising import strength_to_start_step
+from explain.clip.model import load_clip
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR
+from explain.diffusion.noising import StrengthStart, strength_to_start_step
+from explain.engine.requests import RunSettings
 from explain.usecases.inputs import resize, to_rgb, working_size
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -122,14 +125,11 @@ class StyleReader:
     softmax(logit_scale · cos(image, class)).
 
     Args:
-        clip: A :class:`~explain.clip_model.ClipBundle`; default: the embedded model's CLIP.
+        clip: A :class:`~explain.clip.model.ClipBundle`; default: the embedded model's CLIP.
     """
 
     def __init__(self, clip=None):
         if clip is None:
-            from explain.clip_model import load_clip
-            from explain.loading import EMBEDDED_MODEL_DIR
-
             clip = load_clip(EMBEDDED_MODEL_DIR)
         self.clip = clip
         self.combos = [(scene, style) for scene in (None, *world.SCENES) for style in (None, *world.STYLES)]
@@ -162,10 +162,43 @@ def style_from_image(image, clip=None, reader: StyleReader | None = None) -> Sty
 
     Args:
         image: The style image.
-        clip: A :class:`~explain.clip_model.ClipBundle` (default: the embedded model's CLIP).
+        clip: A :class:`~explain.clip.model.ClipBundle` (default: the embedded model's CLIP).
         reader: A :class:`StyleReader` to reuse (its text side is computed once).
     """
     return (reader or StyleReader(clip))(image)
+
+
+def _start(strength: float, steps: int, scheduler) -> StrengthStart:
+    """Where ``strength`` starts the sampler (:func:`~explain.diffusion.noising.strength_to_start_step`), refusing a
+    start that leaves no denoising step (and a strength outside [0, 1])."""
+    start = strength_to_start_step(strength, steps, scheduler)
+    if start.denoising_steps == 0:
+        raise ValueError(
+            f"strength {strength:g} x {steps} steps rounds down to 0 denoising steps (int({steps} x {strength:g}) = 0): "
+            f"use strength >= {1 / steps:.3g} or more steps"
+        )
+    return start
+
+
+def _styled_prompt(prompt, style, style_image, clip, reader, notes: list[str]):
+    """(prompt with its style words, the words, CLIP's guess): explicit words, then those CLIP reads from
+    ``style_image``; notes added."""
+    words = list(_as_words(style))
+    guess = None
+    if style_image is not None:
+        guess = style_from_image(style_image, clip, reader)
+        words += _unclaimed(guess.words, words)
+        notes.append(f"style image read by CLIP as: {', '.join(guess.words) or 'plain (no scene, no style)'}")
+    if not prompt:
+        notes.append("no content prompt: the U-Net sees only the style words; the content comes from the start latent")
+    return compose_prompt(prompt, words), words, guess
+
+
+def _unclaimed(guessed: Sequence[str], words: Sequence[str]) -> list[str]:
+    """Guessed style words whose kind (scene, style) the explicit ``words`` do not already name (explicit wins)."""
+    taken_scene = any(w in world.SCENES for w in words)
+    taken_style = any(w in world.STYLES for w in words)
+    return [w for w in guessed if not ((w in world.SCENES and taken_scene) or (w in world.STYLES and taken_style))]
 
 
 def stylize(
@@ -185,6 +218,7 @@ def stylize(
     capture: bool = True,
     film_decode: str = "auto",
     preview=None,
+    lock=None,
 ) -> StylizeResult:
     """Repaint a content image in a style: img2img (SDEdit) from the content, style words in the prompt.
 
@@ -204,34 +238,17 @@ def stylize(
         reader: A :class:`StyleReader` to reuse for ``style_image``.
         capture: Record cross-attention and the film.
         film_decode: ``"preview"`` or ``"vae"``.
-        preview: A fitted :class:`~explain.film.LatentPreview` to reuse.
+        preview: A fitted :class:`~explain.capture.film.LatentPreview` to reuse.
+        lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
         ValueError: strength outside [0, 1] or rounding to zero denoising steps, no style at all, bad image.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    start = strength_to_start_step(strength, steps, pipe.scheduler)  # ValueError outside [0, 1]
-    if start.denoising_steps == 0:
-        raise ValueError(
-            f"strength {strength:g} x {steps} steps rounds down to 0 denoising steps (int({steps} x {strength:g}) = 0): "
-            f"use strength >= {1 / steps:.3g} or more steps"
-        )
+    RunSettings(seed, steps, guidance).validate()
+    start = _start(strength, steps, pipe.scheduler)
     content, notes = to_rgb(image, "content image")
     notes = list(notes)
-    words = list(_as_words(style))
-    guess = None
-    if style_image is not None:
-        guess = style_from_image(style_image, clip, reader)
-        taken_scene = any(w in world.SCENES for w in words)
-        taken_style = any(w in world.STYLES for w in words)
-        words += [
-            w for w in guess.words if not ((w in world.SCENES and taken_scene) or (w in world.STYLES and taken_style))
-        ]
-        notes.append(f"style image read by CLIP as: {', '.join(guess.words) or 'plain (no scene, no style)'}")
-    full_prompt = compose_prompt(prompt, words)
-    if not prompt:
-        notes.append("no content prompt: the U-Net sees only the style words; the content comes from the start latent")
+    full_prompt, words, guess = _styled_prompt(prompt, style, style_image, clip, reader, notes)
     size, size_notes = working_size(pipe, content.size)
     notes += size_notes
     content = resize(content, size)
@@ -242,9 +259,8 @@ def stylize(
         num_inference_steps=steps,
         guidance_scale=guidance,
         negative_prompt=negative_prompt,
-        generator=torch.Generator().manual_seed(seed),
     )
-    rec = run_recorded(pipe, call, capture=capture, film_decode=film_decode, preview=preview)
+    rec = run_recorded(pipe, call, seed=seed, capture=capture, film_decode=film_decode, preview=preview, lock=lock)
     return StylizeResult(
         task="stylize",
         image=rec.image,

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import StableDiffusionUpscalePipeline
 from PIL import Image
 
-from explain.noising import ForwardSchedule, strength_to_start_step
+from explain.diffusion.geometry import Geometry
+from explain.diffusion.noising import ForwardSchedule, strength_to_start_step
+from explain.engine.requests import RunSettings
 from explain.usecases.inputs import resize, to_rgb
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -54,9 +57,8 @@ def low_res_size(pipe, size: tuple[int, int]) -> tuple[int, int]:
     longer side; the shorter side keeps the aspect ratio, rounded to a multiple of the U-Net's own downsampling
     ``2^(down blocks − 1)``.
     """
-    sample = pipe.unet.config.sample_size
-    side = max(sample) if isinstance(sample, list | tuple) else sample
-    multiple = 2 ** (len(pipe.unet.config.down_block_types) - 1)
+    geometry = Geometry.from_pipeline(pipe, layers=False)
+    side, multiple = max(geometry.sample_hw), geometry.unet_downsampling
     width, height = size
     scale = side / max(width, height)
     short = max(multiple, int(round(min(width, height) * scale / multiple)) * multiple)
@@ -93,6 +95,27 @@ def back_project(image: Image.Image, low_res: Image.Image, iterations: int = 5) 
     return _pil(x)
 
 
+def _check_upscale(pipe, noise_level: int, samples: int, back_projection: int) -> None:
+    """ValueError unless ``pipe`` upscales and the noise level, sample count and back-projection are allowed."""
+    if not isinstance(pipe, StableDiffusionUpscalePipeline):
+        raise ValueError(f"upscale needs a StableDiffusionUpscalePipeline, got {type(pipe).__name__}")
+    max_level = int(pipe.config.max_noise_level)
+    if not 0 <= noise_level <= max_level:
+        raise ValueError(f"noise_level must lie in 0..{max_level} (the pipeline's max_noise_level), got {noise_level}")
+    if samples < 1 or back_projection < 0:
+        raise ValueError(f"samples must be >= 1 and back_projection >= 0, got {samples} and {back_projection}")
+
+
+def _low_res_input(pipe, image) -> tuple[Image.Image, list[str]]:
+    """The image as the U-Net's low-res input (:func:`low_res_size`), with notes on each conversion."""
+    rgb, notes = to_rgb(image)
+    notes = list(notes)
+    size = low_res_size(pipe, rgb.size)
+    if rgb.size != size:
+        notes.append(f"image resized {rgb.width}x{rgb.height} -> {size[0]}x{size[1]}, the U-Net's low-res input size")
+    return resize(rgb, size), notes
+
+
 def upscale(
     image,
     prompt: str = "",
@@ -108,6 +131,7 @@ def upscale(
     capture: bool = True,
     film_decode: str = "auto",
     preview=None,
+    lock=None,
 ) -> UpscaleResult:
     """Upscale ``image`` ``vae_scale_factor`` times with a super-resolution pipeline.
 
@@ -128,28 +152,15 @@ def upscale(
         back_projection: Iterations of :func:`back_project` applied to the output (0: none).
         capture: Record cross-attention and the film.
         film_decode: ``"preview"`` or ``"vae"``.
-        preview: A fitted :class:`~explain.film.LatentPreview` to reuse.
+        preview: A fitted :class:`~explain.capture.film.LatentPreview` to reuse.
+        lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
         ValueError: Not an upscaling pipeline, bad noise level or step count, unreadable image.
     """
-    from diffusers import StableDiffusionUpscalePipeline
-
-    if not isinstance(pipe, StableDiffusionUpscalePipeline):
-        raise ValueError(f"upscale needs a StableDiffusionUpscalePipeline, got {type(pipe).__name__}")
-    max_level = int(pipe.config.max_noise_level)
-    if not 0 <= noise_level <= max_level:
-        raise ValueError(f"noise_level must lie in 0..{max_level} (the pipeline's max_noise_level), got {noise_level}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if samples < 1 or back_projection < 0:
-        raise ValueError(f"samples must be >= 1 and back_projection >= 0, got {samples} and {back_projection}")
-    rgb, notes = to_rgb(image)
-    notes = list(notes)
-    size = low_res_size(pipe, rgb.size)
-    if rgb.size != size:
-        notes.append(f"image resized {rgb.width}x{rgb.height} -> {size[0]}x{size[1]}, the U-Net's low-res input size")
-    low = resize(rgb, size)
+    RunSettings(seed, steps, guidance).validate()
+    _check_upscale(pipe, noise_level, samples, back_projection)
+    low, notes = _low_res_input(pipe, image)
     call = dict(
         prompt=prompt,
         image=low,
@@ -158,9 +169,8 @@ def upscale(
         noise_level=noise_level,
         negative_prompt=negative_prompt,
         num_images_per_prompt=samples,
-        generator=torch.Generator().manual_seed(seed),
     )
-    rec = run_recorded(pipe, call, capture=capture, film_decode=film_decode, preview=preview)
+    rec = run_recorded(pipe, call, seed=seed, capture=capture, film_decode=film_decode, preview=preview, lock=lock)
     output = average_images(rec.images) if samples > 1 else rec.image
     if back_projection:
         output = back_project(output, low, back_projection)

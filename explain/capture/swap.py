@@ -1,0 +1,101 @@
+"""Scoped, reversible access to a U-Net's cross-attention layers and the guidance batch layout.
+
+- :class:`CrossAttentionSwap`: wraps every cross-attention (``attn2``) processor through the U-Net's public
+  ``set_attn_processor`` and restores the originals on exit, also when the body raises.
+- :class:`Branch` / :func:`cond_rows`: which rows of the U-Net batch belong to a classifier-free-guidance branch
+  (diffusers' SD pipelines concatenate ``[negative, positive]`` when ``pipe.do_classifier_free_guidance``).
+- :func:`compose_callbacks`: chain ``callback_on_step_end`` functions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+__all__ = ["Branch", "cond_rows", "CrossAttentionSwap", "compose_callbacks"]
+
+
+class Branch(enum.Enum):
+    """Which half of a classifier-free-guidance batch to use.
+
+    With guidance on, diffusers' SD pipelines run the U-Net on ``[negative, positive]`` halves; ``COND`` is the
+    prompt's half, ``UNCOND`` the negative (or empty) prompt's. Without guidance the whole batch is ``COND``.
+    """
+
+    COND = "cond"
+    UNCOND = "uncond"
+
+
+def cond_rows(pipe, batch: int, branch: Branch = Branch.COND) -> slice:
+    """Rows of a U-Net batch of size ``batch`` that belong to ``branch`` (read while the pipeline runs)."""
+    try:
+        guided = pipe.do_classifier_free_guidance
+    except AttributeError as err:
+        raise RuntimeError("read the guidance branch while the pipeline runs (inside its call)") from err
+    if not guided:
+        if branch is Branch.UNCOND:
+            raise ValueError("Branch.UNCOND needs classifier-free guidance (guidance_scale > 1)")
+        return slice(0, batch)
+    if batch % 2:
+        raise ValueError(f"guidance is on but the U-Net batch ({batch}) is not [negative, positive] halves")
+    half = batch // 2
+    return slice(0, half) if branch is Branch.UNCOND else slice(half, batch)
+
+
+class CrossAttentionSwap:
+    """Wrap each cross-attention processor of ``unet`` with ``factory(name, original)`` while the context is open.
+
+    Only layers whose attention module has ``is_cross_attention`` are wrapped; the rest keep their processor. On
+    exit (also on error) the original processors are set back with ``unet.set_attn_processor``.
+    """
+
+    def __init__(self, unet, factory: Callable[[str, object], object]):
+        self.unet = unet
+        self.factory = factory
+        self._originals: dict | None = None
+
+    def __enter__(self) -> CrossAttentionSwap:
+        if self._originals is not None:
+            raise RuntimeError("this cross-attention swap is already active")
+        originals = dict(self.unet.attn_processors)
+        swapped, n_cross = {}, 0
+        for key, processor in originals.items():
+            name = key.removesuffix(".processor")
+            if getattr(self.unet.get_submodule(name), "is_cross_attention", False):
+                swapped[key] = self.factory(name, processor)
+                n_cross += 1
+            else:
+                swapped[key] = processor
+        if not n_cross:
+            raise ValueError("the U-Net has no cross-attention layers")
+        self._originals = originals
+        try:
+            self.unet.set_attn_processor(swapped)
+        except BaseException:
+            self.restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        if self._originals is not None:
+            self.unet.set_attn_processor(dict(self._originals))
+            self._originals = None
+
+
+def compose_callbacks(*callbacks: Callable | None) -> Callable:
+    """Chain ``callback_on_step_end`` functions: each gets the kwargs the previous one returned.
+
+    Returns:
+        ``callback(pipe, step_index, timestep, callback_kwargs) -> callback_kwargs``.
+    """
+    active = [cb for cb in callbacks if cb is not None]
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        for cb in active:
+            callback_kwargs = cb(pipe, step_index, timestep, callback_kwargs)
+        return callback_kwargs
+
+    return callback

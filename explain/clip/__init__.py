@@ -1,0 +1,6 @@
+"""CLIP: the text side of Stable Diffusion and the contrastive model behind it.
+
+- :mod:`.tokens`: tokenisation view (77 slots, BOS/EOS/padding, truncation, word <-> token spans).
+- :mod:`.model`: load the embedded model's full open_clip CLIP.
+- :mod:`.contrastive`: the CLIP paper's pseudocode on an open_clip model, every intermediate returned.
+"""
