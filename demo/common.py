@@ -57,6 +57,7 @@ CSS = """
 .slot { border-radius: 4px; padding: 2px 5px; color: #fff; }
 .slot.bos { background: #2e8b57; } .slot.word { background: #3a6fb0; } .slot.eos { background: #c2504a; }
 .slot.padding { background: #b8b8b8; } .slot.cut { background: #fff; color: #c2504a; border: 2px dashed #c2504a; }
+.slot.unknown { background: #8a8a8a; outline: 2px dashed #e69500; }
 #status { font-size: 18px; }
 .pixels img { image-rendering: pixelated; }
 #attend-image img { width: 100%; height: 100%; object-fit: contain; }

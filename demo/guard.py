@@ -29,6 +29,8 @@ import gradio as gr
 from gradio import utils as gradio_utils
 from gradio_client import utils as client_utils
 
+from explain.engine.requests import MAX_PROMPT_CHARS
+
 __all__ = [
     "guard",
     "check_number",
@@ -44,7 +46,9 @@ log = logging.getLogger(__name__)
 TITLE = "Please check the input"
 MAX_UPLOAD_SIDE = 4096  # pixels, longest side of an uploaded image (read from the header, before decoding)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # pixels of an uploaded image: the app's Image.MAX_IMAGE_PIXELS, checked first
-MAX_TEXT_CHARS = 20_000  # characters of any text field (prompts have the stricter 77-token rule of the library)
+# Characters of any text field: a bound against oversized requests, above the library's own prompt limit so that
+# prompts get the library's message (its 77-token rule, or "The prompt is N characters long; ... Shorten it.").
+MAX_TEXT_CHARS = 2 * MAX_PROMPT_CHARS
 MAX_WHOLE = 2**53  # numbers without a maximum stay within ±2^53: beyond it JSON (a browser) cannot hold whole numbers
 FILE_COMPONENTS = (gr.Image, gr.ImageEditor, gr.File)
 CHOICE_COMPONENTS = (gr.Dropdown, gr.Radio, gr.CheckboxGroup)

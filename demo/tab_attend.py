@@ -13,6 +13,7 @@ import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, TAB_IDS, explain, export_dir, lesson, user_errors
 from explain.capture.film import noisy_image
+from explain.clip.vocabulary import unknown_words_message
 from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, SCHEDULER_CHOICES, GenerationRequest, finite, whole
 from explain.engine.run import RunProgress
 from explain.engine.session import StepUpdate, generate, generate_stream
@@ -209,6 +210,8 @@ class AttendTab:
             f"Done: {result.steps_done} steps with {result.scheduler} in {result.seconds:.1f} s "
             f"(seed {result.request.seed}, guidance {result.request.guidance:g}).{stopped}"
         )
+        if result.unknown_words:  # never silent: the model has no meaning for these words
+            status += f"\n\n⚠️ {unknown_words_message(result.unknown_words)} The presets below use only words it knows."
         view = self._map_view(result, MapQuery())
         film = export_film_gif(result, export_dir() / "film.gif", preview=self.engine.latent_preview())
         last = max(0, result.captured.n_steps - 1)
@@ -500,7 +503,7 @@ class AttendTab:
         multiple, default_hw, max_side = pipe_limits
         with gr.Row():
             with gr.Column(scale=3):
-                prompt = gr.Textbox(DEFAULTS["prompt"], label="Prompt", lines=2)
+                prompt = gr.Textbox(DEFAULTS["prompt"], label="Prompt", lines=2, elem_id="attend-prompt")
                 negative = gr.Textbox(
                     "", label="Negative prompt (what to steer away from; the 'unconditional' branch)"
                 )

@@ -12,6 +12,7 @@ from PIL import Image
 from demo.common import MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, open_image, user_errors
 from explain.clip.contrastive import contrastive_step, text_hidden_states, zero_shot
 from explain.clip.tokens import TokenKind, tokenize_prompt
+from explain.clip.vocabulary import unknown_words, unknown_words_message, vocabulary_of
 from explain.io.figures import clip_logits_figure
 from explain.world import Scene, WorldObject, make_batch, render
 
@@ -54,8 +55,11 @@ class ClipTab:
         with user_errors():
             if not prompt or not prompt.strip():
                 raise ValueError("The prompt is empty: type a sentence to tokenise.")
-            view = tokenize_prompt(self.engine.pipeline().tokenizer, prompt)
+            pipe = self.engine.pipeline()
+            view = tokenize_prompt(pipe.tokenizer, prompt)
         word_of = {slot: w.text for w in view.words for slot in w.token_indices}
+        unknown = unknown_words(view, vocabulary_of(pipe.text_encoder))
+        unknown_slots = {slot for w in view.words if w.text.lower() in unknown for slot in w.token_indices}
         chips, rows = [], []
         n_pad = 0
         for slot, (token, kind) in enumerate(zip(view.tokens, view.kinds, strict=True)):
@@ -64,7 +68,12 @@ class ClipTab:
                 if n_pad > PADDING_SHOWN:
                     continue
             label = html.escape(token.replace("</w>", "·"))
-            chips.append(f'<span class="slot {kind.value}" title="slot {slot}">{slot}:{label}</span>')
+            if slot in unknown_slots:  # a token the model was never trained on
+                chips.append(
+                    f'<span class="slot word unknown" title="slot {slot}: unknown to this model">{slot}:{label}</span>'
+                )
+            else:
+                chips.append(f'<span class="slot {kind.value}" title="slot {slot}">{slot}:{label}</span>')
             if kind is not TokenKind.PADDING:
                 rows.append([slot, token, kind.value, word_of.get(slot, "")])
         if n_pad > PADDING_SHOWN:
@@ -75,6 +84,8 @@ class ClipTab:
             f"**{view.n_used} of {slots} slots used**: BOS + {view.n_prompt_tokens} prompt tokens + EOS; "
             f"{slots - view.n_used} padding slots. {len(view.words)} words."
         )
+        if unknown:
+            summary += f"\n\n⚠️ {unknown_words_message(unknown)} (dashed chips)"
         if view.truncated:
             summary += (
                 f"\n\n⚠️ **Truncated**: {len(view.truncated)} tokens do not fit and never reach the U-Net: "

@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, user_errors
+from explain.clip.vocabulary import prompt_unknown_words, unknown_words_message
 from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, GenerationRequest
 from explain.engine.session import request_pipeline
 from explain.maps.aggregation import aggregate, overlay
@@ -78,6 +79,9 @@ class SteerTab:
             f"Baseline: “{result.baseline_prompt}”. Edited: “{result.edited_prompt}”. "
             f"Mean |difference| = **{result.mean_abs_difference:.3f}** (pixels in 0…1, same seed, same noise)."
         )
+        unknown = prompt_unknown_words(self.engine.pipeline(), result.baseline_prompt, result.edited_prompt)
+        if unknown:
+            summary += f"\n\n⚠️ {unknown_words_message(unknown)}"
         return images, maps, summary
 
     def reweight(self, prompt, word, weight, seed, steps, guidance):

@@ -17,8 +17,4 @@ Submodules are imported on demand (``from explain.capture.recorder import Attent
 ``import explain`` stays cheap and never loads a model.
 """
 
-from explain import _legacy
-
-_legacy.install()  # old flat paths used by training/ (explain.loading ...) keep working
-
 __all__: list[str] = []

@@ -82,7 +82,8 @@ def served(tmp_path_factory) -> Iterator[str]:
         from demo.cache import MemoryPolicy, UploadLimits
 
         uploads, memory = UploadLimits(SHARE, TOTAL, min_age=MIN_AGE), MemoryPolicy(every=1, closed_grace=GRACE)
-        demo, url = serve_local(options=launch_options(uploads=uploads, memory=memory))
+        # files stay while the sweep runs (a slow machine can take longer than the hour after which they go)
+        demo, url = serve_local(options=launch_options(delete_cache=None, uploads=uploads, memory=memory))
         try:
             yield url
         finally:

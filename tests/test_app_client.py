@@ -182,3 +182,12 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, tmp_path):
     with pytest.raises(AppError):
         client.predict(3, 0, [handle_file(str(text_file))], "", False, 10, api_name="/clip_batch")
     assert "slots used" in client.predict("still serving", api_name="/tokenize")[2]
+
+
+def test_words_the_model_never_saw_are_named_in_the_status(client):
+    *_, last = client.submit("a red unicorn on the left", "", 0, 2, 5.0, "default", 64, 64, api_name="/generate")
+    status = last[1]
+    assert status.startswith("Done: 2 steps")
+    assert "`unicorn` is not a word this model has seen; it gets no attention of its own." in status
+    *_, last = client.submit("a red circle on the left", "", 0, 2, 5.0, "default", 64, 64, api_name="/generate")
+    assert "not a word this model has seen" not in last[1]

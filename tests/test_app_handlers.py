@@ -51,6 +51,14 @@ def test_tokenize_shows_slots_and_warns_when_truncated(engine):
         ClipTab(engine).tokenize("   ")
 
 
+def test_tokenize_marks_words_the_model_never_saw(engine):
+    html, _, summary = ClipTab(engine).tokenize("a red unicorn")
+    assert html.count('class="slot word unknown"') == 1 and "unicorn" in html.split("unknown")[-1]
+    assert "`unicorn` is not a word this model has seen" in summary
+    html, _, summary = ClipTab(engine).tokenize("a red circle")
+    assert "unknown" not in html and "not a word" not in summary
+
+
 def test_clip_batch_runs_the_pseudocode(engine, tmp_path):
     tab = ClipTab(engine)
     gallery, texts = tab.sample_batch(3, 0)
@@ -200,7 +208,9 @@ def test_steer_handlers(engine):
     with pytest.raises(gr.Error, match="not a word of the prompt"):
         tab.reweight(PROMPT, "dragon", 2.0, 0, 3, 7.5)
     images, _, summary = tab.swap(PROMPT, "circle", "square", 2, 0, 3, 7.5)
-    assert "square on the left" in summary
+    assert "square on the left" in summary and "not a word this model has seen" not in summary
+    _, _, summary = tab.swap(PROMPT, "circle", "unicorn", 2, 0, 3, 7.5)  # swapped in: a word it never saw
+    assert "`unicorn` is not a word this model has seen" in summary
     images, _, _ = tab.drop(PROMPT, "blue", "remove", 0, 3, 7.5)
     assert len(images) == 3
     strip = tab.sweep(PROMPT, 0, 3, "1, 7.5")

@@ -147,6 +147,19 @@ def test_stop_button_stops_and_the_next_run_works(page):
     assert seconds < seconds_per_step * (LONG_RUN - done_steps) / 2
 
 
+def test_a_word_the_model_never_saw_is_named(page):
+    _open(page, "attend")
+    page.locator("#attend-prompt textarea").fill("a red unicorn on the left")
+    steps = page.locator("#attend-steps input[type=number]")
+    steps.fill("2")
+    steps.press("Tab")
+    page.locator("#attend-generate").click()
+    page.locator("#status").get_by_text("Done: 2 steps").wait_for()
+    note = page.locator("#status").get_by_text("is not a word this model has seen")
+    note.wait_for()
+    assert "unicorn" in page.locator("#status").inner_text()
+
+
 def test_steer_tab_preset(page, shots):
     _open(page, "steer")
     page.get_by_text("'red' ×0").click()

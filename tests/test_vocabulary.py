@@ -55,3 +55,14 @@ def test_the_cli_reports_unknown_words_of_the_embedded_model(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unknown_words"] == ["unicorn"]
     assert "`unicorn` is not a word this model has seen" in capsys.readouterr().err
+
+
+def test_the_vocabulary_is_cached_per_weight_and_refreshed_after_an_in_place_change(tiny_sd1_dir):
+    from explain.clip.vocabulary import vocabulary_of
+
+    te = CLIPTextModel.from_pretrained(tiny_sd1_dir / "text_encoder")
+    assert vocabulary_of(te) is None and vocabulary_of(te) is None  # second call: the cache, no tensor comparison
+    with torch.no_grad():
+        te.get_input_embeddings().weight[5] = 0.0
+    vocab = vocabulary_of(te)
+    assert vocab is not None and 5 not in vocab.known_ids and vocabulary_of(te) is vocab

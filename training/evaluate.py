@@ -109,7 +109,7 @@ def _world_of(model_dir: Path) -> str:
 
 
 def _model_dir(model: str | None) -> Path:
-    from explain.loading import EMBEDDED_MODEL_DIR
+    from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 
     return Path(model) if model is not None else EMBEDDED_MODEL_DIR
 
@@ -120,7 +120,7 @@ def _model_dir(model: str | None) -> Path:
 
 def _load_clip(model_dir: Path, device: str = "cpu"):
     """(open_clip model, tokenizer, preprocess) of a pipeline directory with a ``clip/`` folder."""
-    from explain.clip_model import load_clip
+    from explain.clip.model import load_clip
 
     bundle = load_clip(model_dir, device=device)
     return bundle.model, bundle.tokenizer, bundle.preprocess
@@ -195,9 +195,9 @@ def generate_samples(
     Args:
         keep_word_maps: (prompt index, seed) pairs whose full per-word maps are kept (for figures).
     """
-    from explain.attention import AttentionRecorder
-    from explain.heatmap import aggregate
-    from explain.tokens import tokenize_prompt
+    from explain.capture.recorder import AttentionRecorder
+    from explain.clip.tokens import tokenize_prompt
+    from explain.maps.aggregation import aggregate
 
     jobs = [(s, j) for s in range(seeds) for j in range(len(prompts))]
     views = [tokenize_prompt(pipe.tokenizer, p.prompt) for p in prompts]
@@ -299,7 +299,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def attention_miou(samples: list[Sample], verdicts: list[Verdict], tau: float = TAU) -> dict:
     """Mean IoU between DAAM word masks (min-max normalised map > ``tau``) and judged object masks."""
-    from explain.heatmap import threshold_mask
+    from explain.maps.aggregation import threshold_mask
 
     ious: dict[str, list[float]] = {"color": [], "shape": []}
     per_kind: dict[str, list[float]] = defaultdict(list)
@@ -388,7 +388,7 @@ def _wrap(text: str, width: int) -> str:
 
 def save_heatmap_strip(sample: Sample, path: Path) -> Path:
     """Per-word heat maps of one sample (function words and punctuation left out)."""
-    from explain.figures import word_heatmap_grid
+    from explain.io.figures import word_heatmap_grid
 
     keep = [i for i, w in enumerate(sample.words) if w not in _FUNCTION_WORDS and any(ch.isalnum() for ch in w)]
     fig = word_heatmap_grid(
@@ -424,7 +424,7 @@ def run(cfg: EvalConfig) -> dict:
     import diffusers
     import transformers
 
-    from explain.loading import default_device, load_pipeline
+    from explain.diffusion.loading import default_device, load_pipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

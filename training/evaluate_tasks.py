@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from explain import world
-from explain.noising import decode_latents, encode_latents, rgb_to_pixels
+from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels
 from training.judge import detect, judge
 
 __all__ = ["inpaint_test_set", "inside_region", "evaluate_upscale", "evaluate_inpaint", "evaluate_stylize", "main"]
@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import diffusers
 
-    from explain.clip_model import load_clip
-    from explain.loading import EMBEDDED_MODEL_DIR
+    from explain.clip.model import load_clip
+    from explain.diffusion.loading import EMBEDDED_MODEL_DIR
     from explain.usecases import load_task_pipeline
     from explain.usecases.models import load_base
 

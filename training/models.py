@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from explain.clip_model import open_clip_text_to_hf
+from explain.clip.model import open_clip_text_to_hf
 from training.config import ClipConfig, UNetConfig, VaeConfig
 
 __all__ = ["build_clip", "zero_unused_token_rows", "text_model_from_open_clip", "build_vae", "build_unet"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from explain.clip_model import CLIP_CONFIG, CLIP_SUBDIR, CLIP_WEIGHTS
-from explain.tokens import build_clip_tokenizer
+from explain.clip.model import CLIP_CONFIG, CLIP_SUBDIR, CLIP_WEIGHTS
+from explain.clip.tokens import build_clip_tokenizer
 from training.models import build_clip, text_model_from_open_clip
 
 __all__ = ["package_pipeline", "verify_text_tower"]
@@ -91,7 +91,7 @@ def verify_text_tower(model_dir: Path, prompts: list[str]) -> dict:
     import open_clip
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from explain.clip_model import load_clip
+    from explain.clip.model import load_clip
 
     bundle = load_clip(model_dir)
     oc_ids = open_clip.tokenizer.tokenize(prompts)

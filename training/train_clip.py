@@ -1,6 +1,6 @@
 """Stage 1: contrastive training of the tiny CLIP (Radford et al. 2021), with the seed's symmetric loss.
 
-The loss is explain/'s implementation of the CLIP pseudocode (explain.clip_contrastive.contrastive_loss), which the
+The loss is explain/'s implementation of the CLIP pseudocode (explain.clip.contrastive.contrastive_loss), which the
 test-suite cross-checks against open_clip's ``ClipLoss``.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from explain.clip_contrastive import contrastive_loss
+from explain.clip.contrastive import contrastive_loss
 from training.common import StageLog, autocast, lr_at
 from training.config import TrainConfig
 from training.data import WorldData

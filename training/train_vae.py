@@ -27,6 +27,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
 
 
+def _step(opt, loss: torch.Tensor, params: list, log: StageLog, step: int) -> bool:
+    """One optimiser step (gradients clipped to norm 1), logged; True when the stage's time budget is spent."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    log.log(step, loss.item(), every=100)
+    return log.over_budget()
+
+
 def _random_crop(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
     """One random ``side`` x ``side`` crop per image (aligned to 8 px, the latent grid of SD's factor)."""
     b, _, h, w = x.shape
@@ -66,12 +76,7 @@ def train_vae(
         rec = rec.float()
         kl = post.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + v.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        log.log(step, loss.item(), every=100)
-        if log.over_budget():
+        if _step(opt, loss, list(vae.parameters()), log, step):
             break
     vae.eval()
     with torch.no_grad():
@@ -131,12 +136,7 @@ def finetune_decoder(
         )
         rec = vae.decode(zc.to(device)).sample.float()
         loss = F.l1_loss(rec, xc) + F.mse_loss(rec, xc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        log.log(step, loss.item(), every=100)
-        if log.over_budget():
+        if _step(opt, loss, params, log, step):
             break
     vae.eval()
     with torch.no_grad():

@@ -111,7 +111,7 @@ def _load(args):
 
 
 def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out: Path, preview) -> dict:
-    from explain.clip.vocabulary import model_vocabulary, unknown_words, unknown_words_message
+    from explain.clip.vocabulary import unknown_words_message
     from explain.engine.run import Capture, recorded_run  # torch: deferred so that the parser builds without it
     from explain.io.writers import write_attention_files
     from explain.maps.aggregation import aggregate
@@ -144,7 +144,7 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         "tokens": list(view.used_tokens),
         "truncated": list(view.truncated),
         "words": [w.text for w in view.words],
-        "unknown_words": list(unknown_words(view, model_vocabulary(pipe.text_encoder))),
+        "unknown_words": list(run.unknown_words),
     }
     if summary["unknown_words"]:
         print(f"note: {unknown_words_message(summary['unknown_words'])}", file=sys.stderr)

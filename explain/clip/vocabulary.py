@@ -9,13 +9,21 @@ their vocabulary is all of CLIP's BPE (``None`` here: nothing to report).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
-from explain.clip.tokens import TokenView
+from explain.clip.tokens import TokenView, tokenize_prompt
 
-__all__ = ["Vocabulary", "model_vocabulary", "unknown_words", "unknown_words_message"]
+__all__ = [
+    "Vocabulary",
+    "model_vocabulary",
+    "vocabulary_of",
+    "unknown_words",
+    "prompt_unknown_words",
+    "unknown_words_message",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,26 @@ def model_vocabulary(text_encoder) -> Vocabulary | None:
     return Vocabulary(frozenset(torch.nonzero(used).flatten().tolist()))
 
 
+_CACHE: dict[int, tuple[weakref.ref, int, Vocabulary | None]] = {}  # id(weight) -> (weight, _version, vocabulary)
+
+
+def vocabulary_of(text_encoder) -> Vocabulary | None:
+    """:func:`model_vocabulary`, computed once per weight tensor (again only after it is changed in place).
+
+    Keyed by the tensor's identity (tensors compare element-wise, so they cannot be dictionary keys themselves).
+    """
+    if text_encoder is None:
+        return None
+    weight = text_encoder.get_input_embeddings().weight
+    hit = _CACHE.get(id(weight))
+    if hit is None or hit[0]() is not weight or hit[1] != weight._version:
+        hit = (weakref.ref(weight), weight._version, model_vocabulary(text_encoder))
+        for key in [k for k, v in _CACHE.items() if v[0]() is None]:  # forget weights that are gone
+            del _CACHE[key]
+        _CACHE[id(weight)] = hit
+    return hit[2]
+
+
 def unknown_words(view: TokenView, vocabulary: Vocabulary | None) -> tuple[str, ...]:
     """Words of a tokenised prompt with a token the model never saw, in prompt order, each once."""
     if vocabulary is None:
@@ -48,6 +76,16 @@ def unknown_words(view: TokenView, vocabulary: Vocabulary | None) -> tuple[str, 
             continue
         if any(view.ids[i] not in vocabulary.known_ids for i in w.token_indices):
             out.append(w.text.lower())
+    return tuple(out)
+
+
+def prompt_unknown_words(pipe, *prompts: str) -> tuple[str, ...]:
+    """Unknown words of one or more prompts for a pipeline (its tokenizer and text encoder), each once."""
+    vocabulary = vocabulary_of(getattr(pipe, "text_encoder", None))
+    out: list[str] = []
+    for prompt in prompts:
+        if prompt:
+            out += [w for w in unknown_words(tokenize_prompt(pipe.tokenizer, prompt), vocabulary) if w not in out]
     return tuple(out)
 
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels  # noqa: F401  (training/ reads them here)
-
 __all__ = [
     "ForwardSchedule",
     "ChainTrajectory",

@@ -43,6 +43,7 @@ from explain.capture.film import FilmFrame, FilmRecorder, LatentPreview, initial
 from explain.capture.recorder import AttentionRecorder, CapturedAttention
 from explain.capture.swap import compose_callbacks
 from explain.clip.tokens import TokenView, tokenize_prompt
+from explain.clip.vocabulary import unknown_words, vocabulary_of
 from explain.diffusion.geometry import Geometry
 
 __all__ = [
@@ -124,6 +125,8 @@ class RecordedRun:
         denoise_seconds: Pipeline call to the last step's callback (prompt encoding included, decoding not).
         scheduler: Scheduler class used.
         size: (height, width) in pixels of the images.
+        unknown_words: Words of the (first) prompt the model never saw in training
+            (:mod:`explain.clip.vocabulary`; always empty for real checkpoints).
     """
 
     images: object
@@ -137,6 +140,7 @@ class RecordedRun:
     denoise_seconds: float
     scheduler: str
     size: tuple[int, int] = field(default=(0, 0))
+    unknown_words: tuple[str, ...] = ()
 
     @property
     def image(self):
@@ -229,9 +233,11 @@ def recorded_run(
             started = time.perf_counter()
             images = pipe(**kwargs).images
             seconds = time.perf_counter() - started
+        view = tokenize_prompt(pipe.tokenizer, prompts[0])
         return RecordedRun(
             images=images,
-            view=tokenize_prompt(pipe.tokenizer, prompts[0]),
+            view=view,
+            unknown_words=unknown_words(view, vocabulary_of(getattr(pipe, "text_encoder", None))),
             captured=recorder.result() if recorder is not None else None,
             frames=tuple(film.frames()) if film is not None else (),
             noise=noise,

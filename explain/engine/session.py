@@ -95,6 +95,7 @@ class GenerationResult:
         steps_done: Steps that ran.
         seconds: Wall time of the run.
         scheduler: Scheduler class used.
+        unknown_words: Words of the prompt the model never saw (:mod:`explain.clip.vocabulary`).
     """
 
     request: GenerationRequest
@@ -107,6 +108,7 @@ class GenerationResult:
     steps_done: int
     seconds: float
     scheduler: str
+    unknown_words: tuple[str, ...] = ()
 
 
 class Engine:
@@ -336,6 +338,7 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started, 
                 steps_done=recorded.steps_done,
                 seconds=time.perf_counter() - started,
                 scheduler=recorded.scheduler,
+                unknown_words=recorded.unknown_words,
             )
         )
     except BaseException as error:  # handed to the consumer, raised there

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from explain.world import shapes
+
 __all__ = [
     "Anchors",
     "Noun",
@@ -184,24 +186,13 @@ _SHAPES = [_n(s, (), group="shapes", free_color=True, variants=()) for s in SHAP
 NOUNS: dict[str, Noun] = {n.word: n for n in _ANIMALS + _FOOD + _THINGS + _WEARABLES + _SHAPES}
 WEARABLES: tuple[str, ...] = tuple(n.word for n in _WEARABLES)
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 60, 190),
-    "orange": (245, 130, 30),
-}
+COLORS: dict[str, tuple[int, int, int]] = shapes.COLORS  # the same six colours as the shapes world
 # Size word -> the object's longest side as a fraction of the canvas (None: no size word).
 SIZES: dict[str | None, float] = {"small": 0.26, None: 0.36, "big": 0.48}
 COUNTS: dict[str, int] = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
 # Phrase -> object centre as a fraction of the canvas (x, y), y grows downwards.
 POSITIONS: dict[str, tuple[float, float]] = {
-    "on the left": (0.25, 0.5),
-    "on the right": (0.75, 0.5),
-    "at the top": (0.5, 0.25),
-    "at the bottom": (0.5, 0.75),
-    "in the center": (0.5, 0.5),
+    **shapes.POSITIONS,  # left, right, top, bottom, center, as in the shapes world
     "in the top left": (0.25, 0.25),
     "in the top right": (0.75, 0.25),
     "in the bottom left": (0.25, 0.75),
