@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from explain.capture.recorder import AttentionRecorder  # noqa: F401  (the recorder recorded_run uses)
 from explain.clip.tokens import tokenize_prompt
 from explain.engine.run import Capture, recorded_run
 from explain.maps.aggregation import aggregate, threshold_mask
@@ -190,8 +190,6 @@ def clip_retrieval(model_dir: Path, n: int = 256, seed: int = HELD_OUT_SEED) -> 
             if w in lx.SHAPE_NOUNS and ok_color is None:
                 ok_color = "red"
             cands.append(emoji.caption(replace(sc, things=(replace(t, noun=w, color=ok_color),)))[0])
-        from PIL import Image
-
         img = bundle.preprocess(Image.fromarray(r.image))[None]
         ie = torch.nn.functional.normalize(model.encode_image(img), dim=-1)
         te = torch.nn.functional.normalize(model.encode_text(bundle.tokenizer(cands)), dim=-1)

@@ -504,7 +504,6 @@ def change_one_word(scene: emoji.Scene, rng: np.random.Generator) -> tuple[emoji
     """The scene with one word of one thing (or the scene word) changed so that the image no longer fits."""
     i = int(rng.integers(len(scene.things)))
     t = scene.things[i]
-    n = lx.noun(t.noun)
     options = ["noun"]
     if t.count > 1:
         options.append("count")
@@ -536,7 +535,6 @@ def change_one_word(scene: emoji.Scene, rng: np.random.Generator) -> tuple[emoji
         new = replace(t, wearing=_other(rng, lx.WEARABLES, t.wearing), wearing_color=None)
     else:
         new = replace(t, color=_other(rng, tuple(lx.COLORS), t.color))
-    del n
     things = list(scene.things)
     things[i] = new
     return replace(scene, things=tuple(things)), kind
