@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image, UnidentifiedImageError
 
 from demo.guard import MAX_UPLOAD_SIDE, check_image_file, check_number  # re-exported: the checks live in demo/guard.py
 from demo.guard import guard as check_inputs
+from explain.engine.requests import MAX_SEED
 
 __all__ = [
     "MODEL_CONCURRENCY",
@@ -22,6 +24,7 @@ __all__ = [
     "CSS",
     "theme",
     "user_errors",
+    "seed_input",
     "explain",
     "lesson",
     "open_image",
@@ -81,6 +84,12 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(message), title="Please check the input") from err
 
 
+def seed_input(value: int = 0, label: str = "Seed", **kwargs) -> gr.Number:
+    """A seed field: whole numbers from 0 to :data:`explain.engine.requests.MAX_SEED`, the one seed range of the app,
+    so every seed's message says it ("Seed must be a number from 0 to 4294967295; got -1 ...")."""
+    return gr.Number(value, label=label, precision=0, minimum=0, maximum=MAX_SEED, **kwargs)
+
+
 def explain(text: str) -> gr.Markdown:
     """The one or two sentences that sit beside a view and say what it shows."""
     return gr.Markdown(text, elem_classes=["explain"])
@@ -99,8 +108,6 @@ def lesson(name: str) -> gr.Accordion:
 
 def open_image(path: str | None, what: str = "image"):
     """An uploaded file as an RGB PIL image, or a gr.Error saying why it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
     if path is None:
         raise gr.Error(f"No {what} given: upload a PNG or JPEG.")
     if Path(path).suffix.lower() not in IMAGE_SUFFIXES:

@@ -77,23 +77,30 @@ def _shown(value) -> str:
 
 
 # -- numbers ------------------------------------------------------------------------------------------------------------
+def _number(value: float) -> str:
+    """A number as a message writes it: whole numbers in full (a seed's 4294967295, not 4.29497e+09)."""
+    if abs(value) <= MAX_WHOLE and float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
 def check_number(value, field: str, minimum: float | None, maximum: float | None) -> None:
     """A gr.Error naming ``field`` and its range unless ``value`` is a finite number within it.
 
     Gradio's own check says "Value 0 is less than minimum value 1." without the field, lets NaN through and fails on
     ``None`` with a TypeError.
     """
-    low = "-∞" if minimum is None else f"{minimum:g}"
-    high = "∞" if maximum is None else f"{maximum:g}"
+    low = "-∞" if minimum is None else _number(minimum)
+    high = "∞" if maximum is None else _number(maximum)
     allowed = f"{field} must be a number from {low} to {high}"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _refuse(f"{allowed}; got {_shown(value)}.")
     if abs(value) > MAX_WHOLE and (minimum is None or maximum is None):
         raise _refuse(f"{allowed}; got {value:g} (beyond ±2^53, the largest whole number JSON carries exactly).")
     if minimum is not None and value < minimum:
-        raise _refuse(f"{allowed}; got {value:g} (less than minimum value {minimum:g}).")
+        raise _refuse(f"{allowed}; got {_number(value)} (less than minimum value {low}).")
     if maximum is not None and value > maximum:
-        raise _refuse(f"{allowed}; got {value:g} (greater than maximum value {maximum:g}).")
+        raise _refuse(f"{allowed}; got {_number(value)} (greater than maximum value {high}).")
 
 
 # -- files --------------------------------------------------------------------------------------------------------------

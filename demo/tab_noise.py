@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
 import torch
 from PIL import Image
 
-from demo.common import MODEL_CONCURRENCY, PLOT_FORMAT, explain, export_dir, lesson, open_image, user_errors
+from demo.common import (
+    MODEL_CONCURRENCY,
+    PLOT_FORMAT,
+    explain,
+    export_dir,
+    lesson,
+    open_image,
+    seed_input,
+    user_errors,
+)
 from explain.diffusion.geometry import Geometry
-from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels
+from explain.diffusion.latents import pixel_and_latent_chains, rgb_to_pixels
 from explain.diffusion.markov import WeatherChain
-from explain.diffusion.noising import ForwardSchedule, forward_chains, strength_to_start_step
+from explain.diffusion.noising import ForwardSchedule, strength_to_start_step
 from explain.engine.requests import MAX_STEPS
 from explain.io.figures import markov_figure, noising_strip_figure, pixels_to_rgb, schedule_figure
 from explain.io.formats import captioned_pair, write_gif
 from explain.world import make_batch
 
-__all__ = ["NoiseTab"]
+__all__ = ["NoiseTab", "Markov", "Noised", "Strength", "Opened"]
 
 MAX_MARKOV_T = 60
 MAX_PATHS = 1000
@@ -30,6 +40,41 @@ ANIMATION_TILE = 192  # pixels per side of one GIF tile
 ANIMATION_MS = 160
 SOURCES = ("world sample", "upload")
 CACHE_ENTRIES = 16
+
+
+class Markov(NamedTuple):
+    """The weather chain: sampled paths and per-day distribution (figure), and what they show."""
+
+    figure: object
+    text: str
+
+
+class Noised(NamedTuple):
+    """An image on the forward chain: the strip (step by step vs closed form), the schedule, and what t means."""
+
+    strip: object
+    schedule: object
+    text: str
+
+
+class Strength(NamedTuple):
+    """img2img's strength as a start point: what runs, and the schedule with the start marked."""
+
+    text: str
+    figure: object
+
+
+class Opened(NamedTuple):
+    """The tab's first views (:meth:`NoiseTab.on_open`), and the flag that it has opened."""
+
+    markov: object
+    markov_text: str
+    strip: object
+    schedule: object
+    noise_text: str
+    strength_text: str
+    strength: object
+    opened: bool
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -46,7 +91,7 @@ class NoiseTab:
         self._cache_lock = threading.Lock()
 
     # -- the toy chain ----------------------------------------------------------------------------------------------
-    def markov(self, steps: int, n_paths: int, start: str, seed: int) -> tuple[object, str]:
+    def markov(self, steps: int, n_paths: int, start: str, seed: int) -> Markov:
         """Sampled weather paths and the exact distribution per day, converging to the stationary law."""
 
         chain = WeatherChain()
@@ -64,7 +109,7 @@ class NoiseTab:
             f"Distance to π shrinks ×{dist.second_eigenvalue_modulus:.1f} per day: "
             f"{dist.tv_to_stationary[0]:.3f} → {dist.tv_to_stationary[-1]:.2e}."
         )
-        return markov_figure(paths, dist), text
+        return Markov(markov_figure(paths, dist), text)
 
     # -- the image chain ----------------------------------------------------------------------------------------------
     def _image(self, source: str, world_seed: int, upload):
@@ -104,19 +149,10 @@ class NoiseTab:
         pipe = self.engine.pipeline()
         schedule = ForwardSchedule.from_scheduler(pipe.scheduler)
         generator = torch.Generator().manual_seed(int(seed))
-        x0 = rgb_to_pixels(image)  # (1, 3, H, W)
-        z0 = encode_latents(pipe.vae, x0).float().cpu()  # (1, C, H / f, W / f)
-        rows: dict[str, list[np.ndarray]] = {}
-        for space, clean in (("pixels", x0), ("latents", z0)):
-            chain, closed = forward_chains(clean, schedule, timesteps, generator)  # (K, 1, C, h, w) each
-            for method, frames in (("step by step", chain), ("closed form", closed)):
-                batch = torch.cat([clean, *frames])  # (1 + K, C, h, w)
-                if space == "latents":
-                    batch = decode_latents(pipe.vae, batch).float().cpu()  # one batched VAE call
-                rows[f"{space}:\n{method}"] = list(pixels_to_rgb(batch))
-        return rows
+        chains = pixel_and_latent_chains(pipe.vae, rgb_to_pixels(image), schedule, timesteps, generator)
+        return {f"{space}:\n{method}": list(pixels_to_rgb(batch)) for (space, method), batch in chains.items()}
 
-    def noise_image(self, source: str, world_seed: int, upload, t: int, seed: int) -> tuple[object, object, str]:
+    def noise_image(self, source: str, world_seed: int, upload, t: int, seed: int) -> Noised:
         """Step chain vs closed form, in pixels and in the VAE's latents, at spread timesteps and at ``t``."""
 
         pipe = self.engine.pipeline()
@@ -138,7 +174,7 @@ class NoiseTab:
             f"SNR = {float(schedule.snr[int(t)]):.3g}. Both rows of a space show the same distribution: the "
             f"{int(t) + 1} small steps add up to one big Gaussian jump."
         )
-        return strip, schedule_figure(schedule, [int(t)]), text
+        return Noised(strip, schedule_figure(schedule, [int(t)]), text)
 
     def noise_animation(self, source: str, world_seed: int, upload, seed: int) -> str:
         """An animated GIF of the step-by-step chain: pixels (left) and decoded latents (right), t = 0 .. T-1."""
@@ -157,7 +193,7 @@ class NoiseTab:
         path = write_gif(export_dir() / "forward_chain.gif", frames, ANIMATION_MS)
         return str(path)
 
-    def strength(self, strength: float, steps: int) -> tuple[str, object]:
+    def strength(self, strength: float, steps: int) -> Strength:
         """img2img's strength as the start point on the chain, marked on the schedule."""
 
         pipe = self.engine.pipeline()
@@ -166,24 +202,31 @@ class NoiseTab:
         schedule = ForwardSchedule.from_scheduler(pipe.scheduler)
         if start.start_timestep is None:
             text = f"strength {strength:.2f}: no step runs; img2img returns the input unchanged."
-            return text, schedule_figure(schedule)
+            return Strength(text, schedule_figure(schedule))
         text = (
             f"**strength {strength:.2f}** with {int(steps)} sampler steps: skip {start.t_start}, run "
             f"**{start.denoising_steps}**, starting at **t = {start.start_timestep}** where the input keeps "
             f"√ᾱ = {start.signal_coef:.3f} of its signal (noise std {start.noise_std:.3f})."
         )
-        return text, schedule_figure(schedule, [start.start_timestep])
+        return Strength(text, schedule_figure(schedule, [start.start_timestep]))
 
-    def on_open(self, opened: bool) -> tuple:
+    def on_open(self, opened: bool) -> Opened:
         """The first time the tab opens: the weather chain, a world sample at t = T/4, strength 0.6 (then: no-op)."""
         if opened:
-            return (gr.skip(),) * 8
+            return Opened(*(gr.skip() for _ in Opened._fields))
         T = self.engine.limits().chain_length
-        return (
-            *self.markov(15, 200, "rainy", 0),
-            *self.noise_image(SOURCES[0], 3, None, T // 4, 0),
-            *self.strength(0.6, 25),
-            True,
+        markov = self.markov(15, 200, "rainy", 0)
+        noised = self.noise_image(SOURCES[0], 3, None, T // 4, 0)
+        strength = self.strength(0.6, 25)
+        return Opened(
+            markov=markov.figure,
+            markov_text=markov.text,
+            strip=noised.strip,
+            schedule=noised.schedule,
+            noise_text=noised.text,
+            strength_text=strength.text,
+            strength=strength.figure,
+            opened=True,
         )
 
     # -- layout -----------------------------------------------------------------------------------------------------
@@ -204,7 +247,7 @@ class NoiseTab:
                 m_steps = gr.Slider(1, MAX_MARKOV_T, value=15, step=1, label="T (days)")
                 m_paths = gr.Slider(1, MAX_PATHS, value=200, step=1, label="Sampled runs")
                 m_start = gr.Radio(["rainy", "sunny"], value="rainy", label="Day 0")
-                m_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                m_seed = seed_input(0, label="Seed")
                 m_btn = gr.Button("Run the chain", variant="primary")
                 explain(
                     "Rules: after a rainy day 70 % rain, after a sunny day 40 % rain. Left: each row is one sampled "
@@ -235,7 +278,7 @@ class NoiseTab:
         with gr.Row():
             with gr.Column(scale=1):
                 n_source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Image")
-                n_world = gr.Number(3, label="World sample seed", precision=0, minimum=0)
+                n_world = seed_input(3, label="World sample seed")
                 n_upload = gr.Image(
                     label="Upload (when 'upload' is chosen)",
                     type="filepath",
@@ -243,7 +286,7 @@ class NoiseTab:
                     sources=["upload", "clipboard"],
                 )
                 n_t = gr.Slider(0, T - 1, value=T // 4, step=1, label="t: how far along the chain")
-                n_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0)
+                n_seed = seed_input(0, label="Noise seed")
                 with gr.Row():
                     n_btn = gr.Button("Noise it", variant="primary")
                     n_anim_btn = gr.Button("▶ Animate t = 0 … T")

@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import gradio as gr
-import numpy as np
 
-from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, user_errors
+from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, seed_input, user_errors
 from explain.clip.vocabulary import prompt_unknown_words, unknown_words_message
-from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, GenerationRequest
+from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, GenerationRequest, guidance_scales
 from explain.engine.session import request_pipeline
-from explain.maps.aggregation import aggregate, overlay
-from explain.steering.edits import MAX_WEIGHT, word_token_indices
-from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap
+from explain.steering.edits import MAX_WEIGHT
+from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap, word_overlays
 
-__all__ = ["SteerTab"]
+__all__ = ["SteerTab", "Steered"]
 
 DIFF_GAIN = 3  # differences are faint: shown x3
-MAX_SCALES = 8
 DEFAULT_PROMPT = "a big red circle on the left and a small blue triangle on the right"
 STEER_STEPS = 15
+
+
+class Steered(NamedTuple):
+    """One experiment's outputs: the images side by side, the word's maps before and after, a summary."""
+
+    images: list
+    maps: list
+    summary: str
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The settings every experiment shares (the prompt row at the top of the tab)."""
+
+    prompt: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    guidance: gr.Slider
+    default_guidance: float  # the model's own default (5 for the embedded model)
+
+    @property
+    def common(self) -> list:
+        """Seed, steps and guidance: the inputs after each experiment's own."""
+        return [self.seed, self.steps, self.guidance]
 
 
 class SteerTab:
@@ -41,40 +63,22 @@ class SteerTab:
             request.validate(pipe)
         return request, request_pipeline(pipe)
 
-    def _word_maps(self, captured, prompt: str, token_indices, image: np.ndarray) -> np.ndarray:
-        """The overlay of the summed maps of ``token_indices`` (a word's sub-tokens) over ``image``."""
-
-        maps = aggregate(captured, None, image_size=image.shape[:2])
-        heat = maps.token_maps[[j for j in token_indices if j < maps.token_maps.shape[0]]].sum(dim=0)
-        return overlay(image, heat.numpy())
-
-    def _outputs(self, result, label: str, word: str | None, edited_word: str | None = None):
+    def _outputs(self, result, label: str, word: str | None, edited_word: str | None = None) -> Steered:
         """Gallery (baseline, edited, difference), maps gallery (word before/after) and a one-line summary."""
 
-        diff = np.clip(result.difference.astype(np.int32) * DIFF_GAIN, 0, 255).astype(np.uint8)
-        images = [(result.baseline, "baseline"), (result.edited, label), (diff, f"|difference| ×{DIFF_GAIN}")]
+        images = [
+            (result.baseline, "baseline"),
+            (result.edited, label),
+            (result.amplified_difference(DIFF_GAIN), f"|difference| ×{DIFF_GAIN}"),
+        ]
         maps = []
-        if result.baseline_attention is not None and word:
-            maps.append(
-                (
-                    self._word_maps(
-                        result.baseline_attention, result.baseline_prompt, result.token_indices, result.baseline
-                    ),
-                    f"“{word}” before",
-                )
-            )
+        if word:
             after_word = edited_word or word
-            try:
-                after = word_token_indices(self.engine.pipeline().tokenizer, result.edited_prompt, after_word)
-            except ValueError:
-                after = ()
-            if after and result.edited_attention is not None:
-                maps.append(
-                    (
-                        self._word_maps(result.edited_attention, result.edited_prompt, after, result.edited),
-                        f"“{after_word}” after",
-                    )
-                )
+            shown = word_overlays(result, self.engine.pipeline().tokenizer, after_word)
+            if shown.before is not None:
+                maps.append((shown.before, f"“{word}” before"))
+            if shown.after is not None:
+                maps.append((shown.after, f"“{after_word}” after"))
         summary = (
             f"Baseline: “{result.baseline_prompt}”. Edited: “{result.edited_prompt}”. "
             f"Mean |difference| = **{result.mean_abs_difference:.3f}** (pixels in 0…1, same seed, same noise)."
@@ -82,9 +86,9 @@ class SteerTab:
         unknown = prompt_unknown_words(self.engine.pipeline(), result.baseline_prompt, result.edited_prompt)
         if unknown:
             summary += f"\n\n⚠️ {unknown_words_message(unknown)}"
-        return images, maps, summary
+        return Steered(images, maps, summary)
 
-    def reweight(self, prompt, word, weight, seed, steps, guidance):
+    def reweight(self, prompt, word, weight, seed, steps, guidance) -> Steered:
         """Scale one word's cross-attention by ``weight`` (0…3) and compare with the unedited image."""
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
@@ -102,7 +106,7 @@ class SteerTab:
             )
         return self._outputs(result, f"“{word}” ×{float(weight):g}", word)
 
-    def swap(self, prompt, old_word, new_word, k_steps, seed, steps, guidance):
+    def swap(self, prompt, old_word, new_word, k_steps, seed, steps, guidance) -> Steered:
         """Replace a word; the new prompt keeps the old prompt's attention maps for the first ``k_steps`` steps."""
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
@@ -123,7 +127,7 @@ class SteerTab:
             )
         return self._outputs(result, f"“{new_word}”, k = {int(k_steps)}", old_word, new_word)
 
-    def drop(self, prompt, word, mode, seed, steps, guidance):
+    def drop(self, prompt, word, mode, seed, steps, guidance) -> Steered:
         """Drop a word: delete it from the text, or keep the text and zero its attention."""
 
         request, pipe = self._checked(prompt, seed, steps, guidance)
@@ -145,12 +149,8 @@ class SteerTab:
     def sweep(self, prompt, seed, steps, scales: str):
         """The same prompt and noise under several guidance scales."""
 
-        try:
-            values = [float(s) for s in (scales or "").replace(";", ",").split(",") if s.strip()]
-        except ValueError as err:
-            raise gr.Error(f"Guidance scales must be numbers separated by commas ({err}).") from err
-        if not 1 <= len(values) <= MAX_SCALES or not all(0 <= v <= MAX_GUIDANCE for v in values):
-            raise gr.Error(f"Give 1 to {MAX_SCALES} guidance scales between 0 and {MAX_GUIDANCE:g}, e.g. 1, 3, 7.5.")
+        with user_errors():
+            values = guidance_scales(scales)
         request, pipe = self._checked(prompt, seed, steps, max(values))
         with user_errors():  # the library call holds the engine's lock for the pipeline run
             strip = guidance_sweep(pipe, request.prompt, request.seed, values, request.steps, lock=self.engine.lock)
@@ -163,29 +163,28 @@ class SteerTab:
         lesson("steer")
         with gr.Row():
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (shared by every experiment below)", lines=2, scale=3)
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=1)
+            seed = seed_input(0, label="Seed", scale=1)
             steps = gr.Slider(1, MAX_STEPS, value=STEER_STEPS, step=1, label="Steps", scale=1)
             g = self.engine.recommended_guidance()  # the model's own default (5 for the embedded model)
             guidance = gr.Slider(0, MAX_GUIDANCE, value=g, step=0.5, label="Guidance", scale=1)
-        ui = SimpleNamespace(prompt=prompt, seed=seed, steps=steps, g=g, common=[seed, steps, guidance])
+        ui = Shared(prompt, seed, steps, guidance, g)
         self._build_reweight(ui)
         self._build_swap(ui)
         self._build_drop(ui)
         self._build_sweep(ui)
 
-    def _build_reweight(self, ui) -> None:
+    def _build_reweight(self, ui: Shared) -> None:
         """Re-weight a word: its attention columns ×w."""
+        g = ui.default_guidance
         with gr.Tab("Re-weight a word"):
             with gr.Row():
                 rw_word = gr.Textbox("red", label="Word (or phrase) of the prompt")
                 rw_weight = gr.Slider(0, MAX_WEIGHT, value=0, step=0.1, label="Attention weight ×")
                 rw_btn = gr.Button("Re-weight", variant="primary")
-            rw_out = list(
-                _results_row(
-                    "×0 silences the word's attention columns, ×1 changes nothing, ×3 shouts it. Only *where the "
-                    "word paints* is changed; the noise and every other word stay the same.",
-                    "reweight",
-                )
+            rw_out = _results_row(
+                "×0 silences the word's attention columns, ×1 changes nothing, ×3 shouts it. Only *where the "
+                "word paints* is changed; the noise and every other word stay the same.",
+                "reweight",
             )
             rw_inputs = [ui.prompt, rw_word, rw_weight, *ui.common]
             rw_btn.click(self.reweight, rw_inputs, rw_out, api_name="steer_reweight", concurrency_id=MODEL_CONCURRENCY)
@@ -193,25 +192,24 @@ class SteerTab:
                 rw_inputs,
                 rw_out,
                 self.reweight,
-                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, ui.g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, ui.g]],
+                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, g]],
                 ["'red' ×0", "'triangle' ×3"],
             )
 
-    def _build_swap(self, ui) -> None:
+    def _build_swap(self, ui: Shared) -> None:
         """Swap a word, keeping the old maps for the first k steps."""
+        g = ui.default_guidance
         with gr.Tab("Swap a word"):
             with gr.Row():
                 sw_old = gr.Textbox("circle", label="Old word")
                 sw_new = gr.Textbox("square", label="New word (same number of tokens)")
                 sw_k = gr.Slider(0, MAX_STEPS, value=6, step=1, label="Keep the old maps for the first k steps")
                 sw_btn = gr.Button("Swap", variant="primary")
-            sw_out = list(
-                _results_row(
-                    "Keeping the first k steps' maps keeps the **layout** (where things are) while the new word "
-                    "brings new **content**. k = 0 is a fresh picture of the new prompt; large k keeps more of the "
-                    "old one.",
-                    "swap",
-                )
+            sw_out = _results_row(
+                "Keeping the first k steps' maps keeps the **layout** (where things are) while the new word "
+                "brings new **content**. k = 0 is a fresh picture of the new prompt; large k keeps more of the "
+                "old one.",
+                "swap",
             )
             sw_inputs = [ui.prompt, sw_old, sw_new, sw_k, *ui.common]
             sw_btn.click(self.swap, sw_inputs, sw_out, api_name="steer_swap", concurrency_id=MODEL_CONCURRENCY)
@@ -220,14 +218,15 @@ class SteerTab:
                 sw_out,
                 self.swap,
                 [
-                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, ui.g],
-                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, ui.g],
+                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, g],
+                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, g],
                 ],
                 ["circle → square, k = 4", "red → green, k = 12"],
             )
 
-    def _build_drop(self, ui) -> None:
+    def _build_drop(self, ui: Shared) -> None:
         """Drop a word: delete it from the text, or zero its attention."""
+        g = ui.default_guidance
         with gr.Tab("Drop a word"):
             with gr.Row():
                 dr_word = gr.Textbox("blue", label="Word to drop")
@@ -237,13 +236,11 @@ class SteerTab:
                     label="How",
                 )
                 dr_btn = gr.Button("Drop", variant="primary")
-            dr_out = list(
-                _results_row(
-                    "Deleting changes the whole sentence CLIP reads. Zeroing keeps the sentence but cuts the word's "
-                    "own columns: its meaning can still leak in through later tokens, which all 'read' the earlier "
-                    "ones.",
-                    "drop",
-                )
+            dr_out = _results_row(
+                "Deleting changes the whole sentence CLIP reads. Zeroing keeps the sentence but cuts the word's "
+                "own columns: its meaning can still leak in through later tokens, which all 'read' the earlier "
+                "ones.",
+                "drop",
             )
             dr_inputs = [ui.prompt, dr_word, dr_mode, *ui.common]
             dr_btn.click(self.drop, dr_inputs, dr_out, api_name="steer_drop", concurrency_id=MODEL_CONCURRENCY)
@@ -251,11 +248,11 @@ class SteerTab:
                 dr_inputs,
                 dr_out,
                 self.drop,
-                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, ui.g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, ui.g]],
+                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, g]],
                 ["delete 'blue'", "'blue' attention ×0"],
             )
 
-    def _build_sweep(self, ui) -> None:
+    def _build_sweep(self, ui: Shared) -> None:
         """The same seed under several guidance scales."""
         with gr.Tab("Guidance sweep"):
             with gr.Row():
@@ -289,7 +286,7 @@ class SteerTab:
             )
 
 
-def _results_row(note: str, key: str):
+def _results_row(note: str, key: str) -> list:
     """One experiment's outputs: the images side by side, the word's maps before and after, a summary."""
     with gr.Row():
         with gr.Column(scale=3):
@@ -314,7 +311,7 @@ def _results_row(note: str, key: str):
         with gr.Column(scale=1):
             summary = gr.Markdown()
             explain(note)
-    return images, maps, summary
+    return [images, maps, summary]
 
 
 def _presets(inputs, outputs, fn, rows, what) -> None:

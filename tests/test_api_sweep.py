@@ -29,6 +29,7 @@ from gradio_client import Client
 from PIL import Image
 
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR
+from explain.engine.requests import MAX_SEED
 from explain.usecases import task_models_available
 
 pytestmark = pytest.mark.skipif(
@@ -48,23 +49,12 @@ INTERNAL = re.compile(  # text that comes from an exception, not from a message 
     r"Traceback|Error:|Exception|not supported between|unpacking|object has no attribute|NoneType|"
     r"is not subscriptable|invalid literal|/tmp/|site-packages|\.py\b|could not convert|upstream Gradio app"
 )
-# Fields whose message must come from the library (explain/, issue 11's validation layer), not from this boundary:
-# (endpoint, field label, value class) -> what the app answers today. test_known_library_gaps_are_still_open keeps
-# this list honest: an entry that is fixed fails there and must be removed.
-KNOWN_LIBRARY_GAPS: dict[tuple[str, str, str], str] = {
-    ("/upscale", "prompt (what the image shows)", "10k text"): "accepted: the prompt is cut to 77 tokens silently",
-    ("/stylize", "content prompt (optional)", "10k text"): "accepted: the prompt and the style words are cut",
-    ("/inpaint", "prompt (describe the whole intended image)", "10k text"): "accepted: cut to 77 tokens silently",
-    ("/outpaint", "prompt", "10k text"): "accepted: cut to 77 tokens silently",
-    ("/permalink", "Prompt", "10k text"): "accepted: a link to a request /generate refuses",
-    ("/permalink", "Negative prompt (what to steer away from; the 'unconditional' branch)", "10k text"): "accepted",
-    ("/steer_drop", "Word to drop", "10k text"): "'<the text>' is not a word of the prompt (no field named)",
-    (
-        "/guidance_sweep",
-        "Guidance scales (comma separated)",
-        "10k text",
-    ): "... (could not convert string to float: ...)",
-}
+# What every seed field's message says about the range (explain.engine.requests.MAX_SEED, /generate's library check).
+SEED_RANGE = f"0 to {MAX_SEED}"
+# Fields whose message is not yet right: (endpoint, field label, value class, or "*" for every class of the field) ->
+# what the app answers today. test_known_library_gaps_are_still_open keeps this list honest: an entry that is fixed
+# fails there and must be removed.
+KNOWN_LIBRARY_GAPS: dict[tuple[str, str, str], str] = {}
 # Views whose job is to show what a too-long prompt loses answer with the cut, by design: what shows it.
 SHOWS_THE_CUT = {
     ("/tokenize", "Prompt"): 'class=\\"slot cut\\"',
@@ -324,7 +314,13 @@ def _problem(case: Case, kind: str, payload) -> str | None:
             return f"does not say how many inputs it takes: {message[:200]}"
     elif not _names_field(message, case.field):
         return f"does not name {case.field.label!r}: {message[:200]}"
+    elif _is_seed(case.field) and SEED_RANGE not in message:
+        return f"does not state the seed range {SEED_RANGE}: {message[:200]}"
     return None
+
+
+def _is_seed(field: Field) -> bool:
+    return re.search(r"\bseed\b", field.label, re.IGNORECASE) is not None
 
 
 def _sweep(web: httpx.Client, cases: list[Case]) -> dict[str, str]:
@@ -389,8 +385,10 @@ def test_the_sweep_covers_every_endpoint_and_class(sweep, endpoints):
 
 
 def test_every_bad_value_gets_a_message_that_names_the_field(sweep):
-    _, problems = sweep
-    expected = _gap_ids() | {f"{endpoint}[{label}]:10k text" for endpoint, label in SHOWS_THE_CUT}
+    """... and, for a seed, states its range."""
+    cases, problems = sweep
+    expected = {case.id for case in cases if _gap_of(case)}
+    expected |= {f"{endpoint}[{label}]:10k text" for endpoint, label in SHOWS_THE_CUT}
     unexpected = {case: problem for case, problem in problems.items() if case not in expected}
     assert not unexpected, "\n".join(f"{case}: {problem}" for case, problem in sorted(unexpected.items()))
 
@@ -401,14 +399,20 @@ def test_no_error_lacks_a_message(sweep):
     assert not silent, silent
 
 
-def _gap_ids() -> set[str]:
-    return {f"{endpoint}[{label}]:{kind}" for endpoint, label, kind in KNOWN_LIBRARY_GAPS}
+def _gap_of(case: Case) -> tuple[str, str, str] | None:
+    """The KNOWN_LIBRARY_GAPS entry that lists ``case`` (by its value class or by "*"), if any."""
+    if case.field is None:
+        return None
+    keys = [(case.endpoint, case.field.label, kind) for kind in (case.kind, "*")]
+    return next((key for key in keys if key in KNOWN_LIBRARY_GAPS), None)
 
 
 def test_known_library_gaps_are_still_open(sweep):
-    """Each listed gap still answers as listed; once the library names the field, remove it from the list."""
-    _, problems = sweep
-    fixed = sorted(gap for gap in _gap_ids() if gap not in problems)
+    """Each listed gap still answers as listed (a "*" entry: for some value class); once the message is right,
+    remove it from the list."""
+    cases, problems = sweep
+    still_open = {_gap_of(case) for case in cases if case.id in problems}
+    fixed = sorted(gap for gap in KNOWN_LIBRARY_GAPS if gap not in still_open)
     assert not fixed, f"fixed, remove from KNOWN_LIBRARY_GAPS: {fixed}"
 
 

@@ -107,6 +107,21 @@ def test_no_capture_image_is_bit_identical(captured_run, model_dir, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["capture_bytes"] == 0
 
 
+def test_concept_words_get_open_vocabulary_maps_and_the_image_is_unchanged(captured_run, model_dir, tmp_path):
+    extra = ["--concept", "blue", "--concept", "sphere"]
+    assert generate(model_dir, tmp_path, "--prompt", "a ginormous red cube", "--seed", "7", *extra) == 0
+    image = np.asarray(Image.open(tmp_path / "image.png"))
+    assert np.array_equal(image, np.asarray(Image.open(captured_run / "image.png")))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["concepts"] == ["blue", "sphere"] and summary["concept_method"] == "ovam"
+    concepts = np.load(tmp_path / "concepts.npz")
+    assert concepts["concepts"].tolist() == ["blue", "sphere"] and str(concepts["method"]) == "ovam"
+    assert concepts["concept_maps"].dtype == np.float32 and concepts["concept_maps"].shape == (2, HEIGHT, WIDTH)
+    assert not np.allclose(concepts["concept_maps"][0], concepts["concept_maps"][1])
+    assert concepts["layer_names"].tolist() == np.load(captured_run / "attention.npz")["layer_names"].tolist()
+    assert sorted(p.name for p in (tmp_path / "concept_heatmaps").iterdir()) == ["00_blue.png", "01_sphere.png"]
+
+
 def test_several_prompts_and_seeds(model_dir, tmp_path):
     code = generate(
         model_dir,

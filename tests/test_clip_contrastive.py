@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -202,3 +203,30 @@ def test_rejects_unmatched_batches_and_siglip(model, batch):
     ).eval()
     with pytest.raises(ValueError, match="SigLIP"):
         contrastive_step(siglip_like, images, tokens)
+
+
+def test_result_shapes_and_logit_summary(model, batch):
+    images, tokens = batch
+    r = contrastive_step(model, images, tokens)
+    n = len(TEXTS)
+    assert r.shapes == {
+        "I_f": [n, WIDTH],
+        "T_f": [n, WIDTH],
+        "W_i": [WIDTH, EMBED],
+        "W_t": [WIDTH, EMBED],
+        "I_e": [n, EMBED],
+        "T_e": [n, EMBED],
+    }
+    logits = r.logits.numpy()
+    assert r.matched == int((logits.argmax(axis=1) == np.arange(n)).sum())
+    assert r.mean_matched_logit == pytest.approx(np.diag(logits).mean(), abs=1e-6)
+    off = logits[~np.eye(n, dtype=bool)]
+    assert r.mean_other_logit == pytest.approx(off.mean(), abs=1e-5)
+
+
+def test_text_hidden_state_shapes_and_slot_norms(model, batch):
+    _, tokens = batch
+    h = text_hidden_states(model, tokens)
+    n, context = tokens.shape
+    assert h.shapes == {"hidden_states": [n, context, WIDTH], "pooled": [n, WIDTH], "embedding": [n, EMBED]}
+    torch.testing.assert_close(h.slot_norms, torch.linalg.vector_norm(h.hidden_states, dim=-1))

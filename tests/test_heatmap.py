@@ -1,5 +1,7 @@
 """DAAM aggregation and normalisation maths on hand-built captures (no model needed)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,30 @@ def test_per_step_cube_shape_and_values():
     assert cube.dtype == torch.float16
     assert cube[1, 1].min().item() == pytest.approx(0.5) and cube[0, 1].max().item() == 0.0
     assert cube[:, 0, 1].float().mean().item() == pytest.approx(0.75)
+
+
+def test_span_map_sums_the_captured_slots_of_a_group():
+    maps = aggregate(make_capture({"a.attn2": constant_maps([0.0, 0.125, 0.25, 0.5])}))
+    torch.testing.assert_close(maps.span_map((1, 3)), torch.full(IMAGE, 0.625))
+    torch.testing.assert_close(maps.span_map((2, 9)), torch.full(IMAGE, 0.25))  # slot 9 was not captured
+    assert maps.span_map(()).shape == IMAGE and maps.span_map(()).max() == 0
+
+
+def test_word_overlays_blend_each_words_map(tokenizer):
+    view = tokenize_prompt(tokenizer, "a ginormous cube")
+    ramp = torch.linspace(0, 1, LATENT[0] * LATENT[1]).reshape(1, 1, 1, *LATENT).expand(2, 1, 7, *LATENT).clone()
+    maps = aggregate(make_capture({"a.attn2": ramp}), view)
+    image = np.full((*IMAGE, 3), 80, np.uint8)
+    overlays = maps.word_overlays(Image.fromarray(image))
+    assert len(overlays) == len(maps.words) == 3
+    for shown, heat in zip(overlays, maps.word_maps, strict=True):
+        assert np.array_equal(shown, overlay(image, heat.numpy()))
+
+
+def test_unet_batch_and_shared_heads_come_from_the_capture():
+    captured = make_capture({"a.attn2": constant_maps([0.5], batch=2)})
+    assert captured.batch_size == 2 and captured.unet_batch_size == 2  # guided unknown: the stored batch
+    guided = dataclasses.replace(captured, guided=True, layer_heads={"a.attn2": 8, "b.attn2": 5})
+    assert guided.unet_batch_size == 4  # [negative, positive] halves
+    assert guided.shared_heads == 5
+    assert dataclasses.replace(captured, guided=False).unet_batch_size == 2

@@ -100,8 +100,8 @@ def test_directory_without_model_index(tmp_path):
 
 
 def test_unsupported_pipeline_class(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelLoadError, match="FluxPipeline"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    with pytest.raises(ModelLoadError, match="KandinskyV22Pipeline"):
         load_pipeline(str(tmp_path))
 
 

@@ -14,12 +14,13 @@ from diffusers import (
     PNDMScheduler,
 )
 
-from explain.diffusion.latents import decode_latents, encode_latents, rgb_to_pixels
+from explain.diffusion.latents import decode_latents, encode_latents, pixel_and_latent_chains, rgb_to_pixels
 from explain.diffusion.noising import (
     ForwardSchedule,
     closed_form,
     compare_moments,
     forgetting,
+    forward_chains,
     step_chain,
     strength_to_start_step,
 )
@@ -218,6 +219,27 @@ def test_latents_use_the_vae_config(tiny_vae, sd):
     # The chain runs on latents exactly as on pixels.
     run = step_chain(z, sd, g, record_at=[10, 999])
     assert run.frames.shape == (2, *z.shape)
+
+
+def test_pixel_and_latent_chains_run_both_spaces_from_one_generator(tiny_vae, sd):
+    pixels = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    ts = [10, 500, 999]
+    rows = pixel_and_latent_chains(tiny_vae, pixels, sd, ts, torch.Generator().manual_seed(7))
+    assert list(rows) == [
+        ("pixels", "step by step"),
+        ("pixels", "closed form"),
+        ("latents", "step by step"),
+        ("latents", "closed form"),
+    ]
+    assert all(row.shape == (1 + len(ts), 3, 16, 24) for row in rows.values())
+    # The same draws by hand: pixel chains first, then the latent chains; latent rows decoded, x_0 included.
+    g = torch.Generator().manual_seed(7)
+    chain, closed = forward_chains(pixels, sd, ts, g)
+    torch.testing.assert_close(rows["pixels", "step by step"], torch.cat([pixels, *chain]))
+    torch.testing.assert_close(rows["pixels", "closed form"], torch.cat([pixels, *closed]))
+    z0 = encode_latents(tiny_vae, pixels)
+    z_chain, _ = forward_chains(z0, sd, ts, g)
+    torch.testing.assert_close(rows["latents", "step by step"], decode_latents(tiny_vae, torch.cat([z0, *z_chain])))
 
 
 def test_rgb_pixel_round_trip():

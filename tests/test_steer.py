@@ -1,14 +1,26 @@
 """Prompt-to-prompt steering: exact when inactive, equal to an independent reference when active, restoring."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from tiny_pipelines import build_sd1, build_sdxl, single_thread
 
-from explain.capture.swap import compose_callbacks
+from explain.capture.recorder import CapturedAttention
+from explain.capture.swap import Branch, compose_callbacks
+from explain.clip.tokens import build_clip_tokenizer
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline
+from explain.maps.aggregation import aggregate, overlay
 from explain.steering.edits import AttentionSteering, Replace, Reweight, remove_word, replace_word, word_token_indices
-from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap
+from explain.steering.experiments import (
+    SteerResult,
+    guidance_sweep,
+    steer_drop,
+    steer_reweight,
+    steer_swap,
+    word_overlays,
+)
 
 PROMPT = "a ginormous red cube"  # slots: BOS, a, gin/orm/ous, red, cube, EOS
 RED = (5,)
@@ -249,6 +261,20 @@ def test_unknown_word_names_the_prompts_words(pipe):
         steer_drop(pipe, PROMPT, "cub", steps=STEPS)  # whole words only
 
 
+@pytest.mark.parametrize("mode", ["remove", "zero"])
+def test_a_word_not_in_the_prompt_is_named_by_its_field_and_echoed_short(pipe, mode):
+    with pytest.raises(ValueError) as info:
+        steer_drop(pipe, PROMPT, "stripes " * 1250, mode=mode, steps=STEPS)
+    assert str(info.value) == (
+        "The word to drop 'stripes stripes stripes stripes stripes stripes stripes stri'… (10000 characters) is "
+        "not a word of the prompt 'a ginormous red cube'; its words are: 'a', 'ginormous', 'red', 'cube'"
+    )
+    with pytest.raises(ValueError, match=r"^The old word 'green' is not a word of the prompt"):
+        steer_swap(pipe, PROMPT, "green", "blue", 1, steps=STEPS)
+    with pytest.raises(ValueError, match=r"the new word 'gin+'… \(2000 characters\) is"):
+        steer_swap(pipe, PROMPT, "red", "gin" + "n" * 1997, 1, steps=STEPS)
+
+
 def test_invalid_edits(pipe):
     with pytest.raises(ValueError, match="equal token length"):  # 'ginormous' is 3 BPE tokens, 'red' 1
         steer_swap(pipe, PROMPT, "red", "ginormous", 1, steps=STEPS)
@@ -296,3 +322,53 @@ def test_embedded_swap_red_to_blue_keeps_the_place():
     assert red_x < width / 2 and blue_x < width / 2  # on the left ...
     red_y, blue_y = np.nonzero(red)[0].mean(), np.nonzero(blue)[0].mean()
     assert abs(red_x - blue_x) < 3 and abs(red_y - blue_y) < 3  # ... at the same place
+
+
+# -- what the steer tab shows (hand-built results, no pipeline) --------------------------------------------------------
+def _capture(maps: torch.Tensor) -> CapturedAttention:
+    """maps: (steps, batch, tokens, h, w), one layer; the image is 4x the latent."""
+    hw = tuple(maps.shape[-2:])
+    return CapturedAttention(
+        maps={"up_blocks.0.attn2": maps.half()},
+        layer_resolutions={"up_blocks.0.attn2": hw},
+        latent_hw=hw,
+        image_hw=(4 * hw[0], 4 * hw[1]),
+        timesteps=(999.0,),
+        calls_per_step=(1,),
+        token_count=maps.shape[2],
+        branch=Branch.COND,
+        per_head=False,
+    )
+
+
+def test_word_overlays_show_the_word_before_and_after(tmp_path):
+    tokenizer = build_clip_tokenizer(tmp_path)
+    before_maps, after_maps = torch.zeros(1, 1, 8, 4, 4), torch.zeros(1, 1, 8, 4, 4)
+    before_maps[..., 5, :2, :] = 0.5  # "red" (slot 5) looks at the top half
+    before_maps[..., 2:5, :, :2] = 0.25  # "ginormous" (slots 2-4) at the left half
+    after_maps[..., 5, :, 2:] = 0.5  # "blue" (slot 5 of the edited prompt) at the right half
+    image = np.full((16, 16, 3), 60, np.uint8)
+    base, edited = _capture(before_maps), _capture(after_maps)
+    result = SteerResult(
+        baseline=image,
+        edited=image,
+        difference=np.array([[[10, 100, 0]]], np.uint8),
+        mean_abs_difference=0.0,
+        token_indices=RED,
+        baseline_prompt=PROMPT,
+        edited_prompt="a ginormous blue cube",
+        edits=(),
+        baseline_attention=base,
+        edited_attention=edited,
+    )
+    shown = word_overlays(result, tokenizer, "blue")
+    token_maps = aggregate(base, image_size=(16, 16)).token_maps
+    assert np.array_equal(shown.before, overlay(image, token_maps[5].numpy()))
+    assert np.array_equal(shown.after, overlay(image, aggregate(edited, image_size=(16, 16)).token_maps[5].numpy()))
+    ginormous = word_overlays(dataclasses.replace(result, token_indices=(2, 3, 4)), tokenizer, "blue").before
+    assert np.array_equal(ginormous, overlay(image, token_maps[2:5].sum(dim=0).numpy()))  # sub-tokens summed
+    dropped = word_overlays(dataclasses.replace(result, edited_prompt="a ginormous cube"), tokenizer, "red")
+    assert dropped.before is not None and dropped.after is None  # the word is gone from the edited prompt
+    uncaptured = word_overlays(dataclasses.replace(result, baseline_attention=None), tokenizer, "red")
+    assert (uncaptured.before, uncaptured.after) == (None, None)
+    assert result.amplified_difference(3).tolist() == [[[30, 255, 0]]]  # x3, clipped at 255

@@ -258,6 +258,37 @@ def test_bad_inputs_raise_clear_errors(pipes, scene, right_box):
 
 
 @needs_models
+def test_prompts_the_text_encoder_cannot_read_whole_are_refused_not_cut(pipes, scene, right_box):
+    slots = pipes["base"].tokenizer.model_max_length  # the limit comes from the tokenizer (77 for CLIP)
+    long = "red " * slots
+    cut = f"the text encoder has {slots} slots, {slots - 2} for words (BOS and EOS take two). 2 tokens would be cut"
+    refused = {
+        "prompt": [
+            lambda: upscale(scene.image, long, pipe=pipes["upscale"]),
+            lambda: inpaint(scene.image, right_box, long, pipe=pipes["unet"]),
+            lambda: outpaint(scene.image, long, pipe=pipes["blend"], left=16),
+        ],
+        "negative prompt": [
+            lambda: upscale(scene.image, CAPTION, pipe=pipes["upscale"], negative_prompt=long),
+            lambda: stylize(scene.image, "striped", CAPTION, pipe=pipes["img2img"], negative_prompt=long),
+        ],
+    }
+    for field, calls in refused.items():
+        for call in calls:
+            with pytest.raises(ValueError) as info:
+                call()
+            assert str(info.value).startswith(f"The {field} is {slots} tokens long; {cut}, starting with “red red”")
+    # /stylize appends its style words: a content prompt that fits alone does not fit with them, and they would go
+    fits = "red " * (slots - 2)
+    with pytest.raises(ValueError) as info:
+        stylize(scene.image, "striped", fits, pipe=pipes["img2img"])
+    assert str(info.value) == (
+        f"The content prompt with the style words 'striped' is {slots} tokens long; {cut}, starting with "
+        "“, striped”. Shorten it."
+    )
+
+
+@needs_models
 def test_mask_of_other_size_and_full_mask_are_handled(pipes, scene, right_box):
     small = Image.fromarray(right_box[::2, ::2].astype(np.uint8) * 255)  # 32x32, same aspect
     result = inpaint(scene.image, small, CAPTION, pipe=pipes["unet"], steps=2, capture=False)

@@ -37,15 +37,13 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
     T5Config,
     T5EncoderModel,
     T5TokenizerFast,
 )
 
 from explain.clip.tokens import build_clip_tokenizer
+from tests.tiny_pipelines import clip_text_encoder
 
 __all__ = [
     "build_sd3",
@@ -105,24 +103,6 @@ def build_t5_tokenizer(directory: str | Path, words: tuple[str, ...] = T5_WORDS)
     return T5TokenizerFast.from_pretrained(directory, local_files_only=True)
 
 
-def _clip(tokenizer, hidden: int, projection: int | None, seed: int):
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu",
-        projection_dim=projection or hidden,
-    )
-    torch.manual_seed(seed)
-    return (CLIPTextModel if projection is None else CLIPTextModelWithProjection)(config).eval()
-
-
 def _t5(tokenizer, d_model: int, seed: int) -> T5EncoderModel:
     heads = 2
     config = T5Config(
@@ -164,8 +144,10 @@ def build_sd3(workdir: Path, *, with_t5: bool = True, sample_size: int = 16, see
     workdir = Path(workdir)
     tokenizer = build_clip_tokenizer(workdir / "tokenizer")
     tokenizer_2 = build_clip_tokenizer(workdir / "tokenizer_2", pad_token="!")
-    text_encoder = _clip(tokenizer, hidden=16, projection=16, seed=seed)  # CLIP-L: 768
-    text_encoder_2 = _clip(tokenizer_2, hidden=24, projection=24, seed=seed + 1)  # CLIP-G: 1280
+    text_encoder = clip_text_encoder(tokenizer, hidden=16, act="gelu", projection=16, seed=seed)  # CLIP-L: 768
+    text_encoder_2 = clip_text_encoder(
+        tokenizer_2, hidden=24, act="gelu", projection=24, seed=seed + 1
+    )  # CLIP-G: 1280
     t5_width = 48  # T5-XXL: 4096; must hold CLIP-L + CLIP-G channels (16 + 24), which are zero-padded to it
     tokenizer_3 = build_t5_tokenizer(workdir / "tokenizer_3") if with_t5 else None
     text_encoder_3 = _t5(tokenizer_3, t5_width, seed + 2) if with_t5 else None
@@ -204,7 +186,9 @@ def build_flux(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> FluxPi
     workdir = Path(workdir)
     tokenizer = build_clip_tokenizer(workdir / "tokenizer")
     tokenizer_2 = build_t5_tokenizer(workdir / "tokenizer_2")
-    text_encoder = _clip(tokenizer, hidden=16, projection=None, seed=seed)  # CLIP-L pooled output: 768
+    text_encoder = clip_text_encoder(
+        tokenizer, hidden=16, act="gelu", projection=None, seed=seed
+    )  # CLIP-L pooled output: 768
     text_encoder_2 = _t5(tokenizer_2, 32, seed + 1)  # T5-XXL: 4096
     latent_channels = 4  # FLUX.1: 16
     heads, head_dim = 2, 16  # FLUX.1: 24 x 128, rotary axes (16, 56, 56)

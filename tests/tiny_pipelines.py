@@ -75,7 +75,8 @@ def _sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusi
     )
 
 
-def _text_encoder(tokenizer, *, hidden: int, act: str, projection: int | None = None, seed: int = 0):
+def clip_text_encoder(tokenizer, *, hidden: int, act: str, projection: int | None = None, seed: int = 0):
+    """A 2-layer CLIP text tower sized to ``tokenizer`` (``projection``: with a projection head, as SDXL / SD3 use)."""
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -113,7 +114,7 @@ def _vae(scaling_factor: float, sample_size: int, seed: int = 0) -> AutoencoderK
 def build_sd1(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableDiffusionPipeline:
     """An SD-1.5-shaped pipeline with random weights; tokenizer files go to ``workdir``."""
     tokenizer = _tokenizer(workdir, "tokenizer")
-    text_encoder = _text_encoder(tokenizer, hidden=32, act="quick_gelu", seed=seed)
+    text_encoder = clip_text_encoder(tokenizer, hidden=32, act="quick_gelu", seed=seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -135,7 +136,7 @@ def build_sd1(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableD
 def build_sd2(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> StableDiffusionPipeline:
     """An SD-2.1-768-v-shaped pipeline (v-prediction) with random weights."""
     tokenizer = _tokenizer(workdir, "tokenizer", pad_token="!")
-    text_encoder = _text_encoder(tokenizer, hidden=48, act="gelu", seed=seed)
+    text_encoder = clip_text_encoder(tokenizer, hidden=48, act="gelu", seed=seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -160,8 +161,8 @@ def build_sdxl(workdir: Path, *, sample_size: int = 16, seed: int = 0) -> Stable
     """An SDXL-base-shaped pipeline with random weights."""
     tokenizer = _tokenizer(workdir, "tokenizer")
     tokenizer_2 = _tokenizer(workdir, "tokenizer_2", pad_token="!")
-    text_encoder = _text_encoder(tokenizer, hidden=32, act="quick_gelu", seed=seed)
-    text_encoder_2 = _text_encoder(tokenizer_2, hidden=48, act="gelu", projection=48, seed=seed + 1)
+    text_encoder = clip_text_encoder(tokenizer, hidden=32, act="quick_gelu", seed=seed)
+    text_encoder_2 = clip_text_encoder(tokenizer_2, hidden=48, act="gelu", projection=48, seed=seed + 1)
     time_embed_dim = 8
     n_time_ids = 6  # original size (2), crop top-left (2), target size (2): SDXL's micro-conditioning
     torch.manual_seed(seed)

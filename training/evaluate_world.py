@@ -75,7 +75,7 @@ def prompt_set(quick: bool = False, seed: int = EVAL_SEED) -> list[EvalPrompt]:
             if cat == "single":
                 things = (_thing(rng, pos),)
             elif cat == "two":
-                a, b = emoji._PAIRS[int(rng.integers(len(emoji._PAIRS)))]
+                a, b = emoji.PAIRS[int(rng.integers(len(emoji.PAIRS)))]
                 first = _thing(rng, a, n_things=2)
                 second = _thing(rng, b, n_things=2)
                 while second.noun == first.noun:

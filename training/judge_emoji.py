@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from explain.world import emoji
+from explain.world import drawing, emoji
 from explain.world import lexicon as lx
 
 __all__ = ["ThingVerdict", "Verdict", "POSITION_BANDS", "judge", "degrade", "validate", "thing_mask"]
@@ -104,13 +104,13 @@ def _styled(rgba: np.ndarray, style: str | None) -> np.ndarray:
         return rgba
     if style == "outlined":
         canvas = np.zeros((*rgba.shape[:2], 3), np.float32)
-        patch = emoji._Patch(rgba, 0, 0, 0)
-        cov = emoji._composite(canvas, patch, outlined=True)
-        alpha = np.clip(cov - emoji._erode(cov, 1), 0, 1)
+        patch = drawing.Patch(rgba, 0, 0, 0)
+        cov = drawing.composite(canvas, patch, outlined=True)
+        alpha = np.clip(cov - drawing.erode(cov, 1), 0, 1)
         return np.concatenate([canvas / 255.0, np.maximum(alpha, 0.15 * cov)[..., None]], axis=-1)
-    paper = np.full((*rgba.shape[:2], 3), emoji.BACKGROUND, np.float32)
+    paper = np.full((*rgba.shape[:2], 3), drawing.BACKGROUND, np.float32)
     paper = paper * (1 - rgba[..., 3:]) + rgba[..., :3] * 255.0 * rgba[..., 3:]
-    return np.concatenate([emoji._sketch(paper) / 255.0, rgba[..., 3:]], axis=-1)
+    return np.concatenate([drawing.sketch(paper) / 255.0, rgba[..., 3:]], axis=-1)
 
 
 @cache
@@ -122,9 +122,9 @@ def _templates(noun: str, color: str | None, wearing: str | None, style: str | N
     for name in names:
         for s in SCALES:
             if n.group == "shapes":
-                rgba = emoji._shape_rgba(noun, s, color or "red")
+                rgba = drawing.shape_rgba(noun, s, color or "red")
             else:
-                rgba = emoji._sprite_rgba(name, s, color if n.free_color else None)
+                rgba = drawing.sprite_rgba(name, s, color if n.free_color else None)
             if wearing:
                 rgba = _with_wearable(rgba, emoji.Thing(noun, wearing=wearing), name)
             out.append((s, name, _odd(_styled(rgba, style))))
@@ -137,10 +137,10 @@ def _with_wearable(rgba: np.ndarray, thing: emoji.Thing, name: str) -> np.ndarra
     pad = int(0.6 * max(h, w))
     big = np.zeros((h + 2 * pad, w + 2 * pad, 4), np.float32)
     big[pad : pad + h, pad : pad + w] = rgba
-    wear = emoji._wearable_patch(thing, name, (pad, pad, pad + w, pad + h), 1)
+    wear = drawing.wearable_patch(thing, name, (pad, pad, pad + w, pad + h), 1)
     canvas = big[..., :3] * 255.0
     a = big[..., 3].copy()
-    cov = emoji._composite(canvas, wear, outlined=False)
+    cov = drawing.composite(canvas, wear, outlined=False)
     a = np.maximum(a, cov)
     out = np.concatenate([canvas / 255.0, a[..., None]], axis=-1)
     ys, xs = np.nonzero(a > 0.05)
@@ -425,7 +425,7 @@ def _scene_references() -> tuple[tuple[str | None, np.ndarray], ...]:
     refs = []
     for s in (None, *lx.SCENES):
         for _ in range(6):
-            img = emoji._background(s, SIDE, rng)
+            img = drawing.background(s, SIDE, rng)
             refs.append((s, _scene_features(np.clip(img, 0, 255) / 255.0)))
     return tuple(refs)
 

@@ -82,6 +82,16 @@ class CapturedAttention:
         return next(iter(self.maps.values())).shape[1]
 
     @property
+    def unet_batch_size(self) -> int:
+        """The batch the U-Net ran on: the stored batch, twice that when guided (``[negative, positive]`` halves)."""
+        return self.batch_size * (2 if self.guided else 1)
+
+    @property
+    def shared_heads(self) -> int:
+        """Heads every recorded layer has (the fewest of ``layer_heads``): head indices valid in all layers."""
+        return min(self.layer_heads.values())
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by all maps."""
         return sum(m.numel() * m.element_size() for m in self.maps.values())

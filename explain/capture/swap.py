@@ -1,7 +1,8 @@
 """Scoped, reversible access to a U-Net's cross-attention layers and the guidance batch layout.
 
-- :class:`CrossAttentionSwap`: wraps every cross-attention (``attn2``) processor through the U-Net's public
-  ``set_attn_processor`` and restores the originals on exit, also when the body raises.
+- :class:`ProcessorSwap`: wraps the attention processors a predicate picks through the model's public
+  ``set_attn_processor`` and restores the originals on exit, also when the body raises (U-Nets and the SD3 / Flux
+  transformers alike); :class:`CrossAttentionSwap` is the one for a U-Net's cross-attention (``attn2``) layers.
 - :class:`Branch` / :func:`cond_rows`: which rows of the U-Net batch belong to a classifier-free-guidance branch
   (diffusers' SD pipelines concatenate ``[negative, positive]`` when ``pipe.do_classifier_free_guidance``).
 - :func:`compose_callbacks`: chain ``callback_on_step_end`` functions.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-__all__ = ["Branch", "cond_rows", "CrossAttentionSwap", "compose_callbacks"]
+__all__ = ["Branch", "cond_rows", "ProcessorSwap", "CrossAttentionSwap", "compose_callbacks"]
 
 
 class Branch(enum.Enum):
@@ -42,35 +43,44 @@ def cond_rows(pipe, batch: int, branch: Branch = Branch.COND) -> slice:
     return slice(0, half) if branch is Branch.UNCOND else slice(half, batch)
 
 
-class CrossAttentionSwap:
-    """Wrap each cross-attention processor of ``unet`` with ``factory(name, original)`` while the context is open.
+class ProcessorSwap:
+    """Wrap the attention processors of ``model`` that ``select`` picks with ``factory(name, original)``.
 
-    Only layers whose attention module has ``is_cross_attention`` are wrapped; the rest keep their processor. On
-    exit (also on error) the original processors are set back with ``unet.set_attn_processor``.
+    ``model`` is anything with diffusers' public processor API (``attn_processors`` / ``set_attn_processor``): a
+    U-Net or a transformer. ``select(name, module)`` sees each attention module by its dotted name, in the model's
+    execution order; the rest keep their processor. On exit (also on error) the originals are set back.
     """
 
-    def __init__(self, unet, factory: Callable[[str, object], object]):
-        self.unet = unet
+    def __init__(
+        self,
+        model,
+        select: Callable[[str, object], bool],
+        factory: Callable[[str, object], object],
+        empty_message: str = "the model has no attention layers to wrap",
+    ):
+        self.model = model
+        self.select = select
         self.factory = factory
+        self.empty_message = empty_message
         self._originals: dict | None = None
 
-    def __enter__(self) -> CrossAttentionSwap:
+    def __enter__(self) -> ProcessorSwap:
         if self._originals is not None:
-            raise RuntimeError("this cross-attention swap is already active")
-        originals = dict(self.unet.attn_processors)
-        swapped, n_cross = {}, 0
+            raise RuntimeError("this attention-processor swap is already active")
+        originals = dict(self.model.attn_processors)
+        swapped, n_wrapped = {}, 0
         for key, processor in originals.items():
             name = key.removesuffix(".processor")
-            if getattr(self.unet.get_submodule(name), "is_cross_attention", False):
+            if self.select(name, self.model.get_submodule(name)):
                 swapped[key] = self.factory(name, processor)
-                n_cross += 1
+                n_wrapped += 1
             else:
                 swapped[key] = processor
-        if not n_cross:
-            raise ValueError("the U-Net has no cross-attention layers")
+        if not n_wrapped:
+            raise ValueError(self.empty_message)
         self._originals = originals
         try:
-            self.unet.set_attn_processor(swapped)
+            self.model.set_attn_processor(swapped)
         except BaseException:
             self.restore()
             raise
@@ -81,8 +91,23 @@ class CrossAttentionSwap:
 
     def restore(self) -> None:
         if self._originals is not None:
-            self.unet.set_attn_processor(dict(self._originals))
+            self.model.set_attn_processor(dict(self._originals))
             self._originals = None
+
+
+class CrossAttentionSwap(ProcessorSwap):
+    """Wrap each cross-attention processor of ``unet`` with ``factory(name, original)`` while the context is open.
+
+    Only layers whose attention module has ``is_cross_attention`` are wrapped (a :class:`ProcessorSwap`).
+    """
+
+    def __init__(self, unet, factory: Callable[[str, object], object]):
+        super().__init__(unet, _is_cross_attention, factory, "the U-Net has no cross-attention layers")
+        self.unet = unet
+
+
+def _is_cross_attention(name: str, module) -> bool:
+    return bool(getattr(module, "is_cross_attention", False))
 
 
 def compose_callbacks(*callbacks: Callable | None) -> Callable:

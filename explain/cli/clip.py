@@ -130,14 +130,7 @@ def run_clip(
         "loss_t": result.loss_t,
         "loss_t_meaning": "cross-entropy along axis 1 (over texts): image -> text",
         "loss": result.loss,
-        "shapes": {
-            "I_f": list(result.I_f.shape),
-            "T_f": list(result.T_f.shape),
-            "W_i": None if result.W_i is None else list(result.W_i.shape),
-            "W_t": None if result.W_t is None else list(result.W_t.shape),
-            "I_e": list(result.I_e.shape),
-            "T_e": list(result.T_e.shape),
-        },
+        "shapes": result.shapes,
         "image_projection": result.image_projection,
         "text_projection": result.text_projection,
     }

@@ -15,6 +15,17 @@ Writes into ``--out DIR`` (or ``DIR/NNN/`` per pair when several prompts or seed
                       then the same frame overlaid with each word's attention at that step
 
 ``--no-capture`` writes only ``image.png`` and ``summary.json``; the image is bit-identical to the captured run.
+
+SD3 / SD3.5 and Flux (joint attention, no cross-attention; :mod:`explain.io.joint_writers` gives the formats):
+``attention.npz`` holds the same ``words``, ``word_maps``, ``tokens`` (the kept text columns, CLIP and T5),
+``token_maps`` and ``layer_names``, read from the joint attention in the TEXT normalisation (``summary.json``
+``normalization``), plus ``word_maps_joint``, ``text_mass``, ``columns``, ``encoders`` and no ``cube``;
+``heatmaps/`` as above; ``concepts.npz`` and ``concept_heatmaps/``: ConceptAttention maps of the prompt's words and
+of every ``--concept`` word; no ``film.gif`` (flow-matching sampler: ``summary.json`` ``notes`` says so).
+
+``--concept WORD`` on a U-Net: ``concepts.npz`` and ``concept_heatmaps/`` hold open-vocabulary maps (OVAM,
+:mod:`explain.capture.open_vocabulary`) of the ``--concept`` words, read as one attribution text; the image is
+unchanged (format: :func:`explain.io.writers.write_concept_files`).
 """
 
 from __future__ import annotations
@@ -49,6 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-capture", action="store_true", help="only image.png and summary.json")
     parser.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        help="also map this word, in the prompt or not (repeat): OVAM on U-Nets, ConceptAttention on SD3/Flux",
+    )
+    parser.add_argument(
         "--film-decode", choices=("auto", "preview", "vae"), default="auto", help="film frame decoder (default auto)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
@@ -71,21 +88,25 @@ def _validate_args(args) -> list[int]:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name} must be positive (got {value})")
+    if any(not word.strip() for word in args.concept):
+        raise CliError("--concept must not be empty")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out} exists and is not a directory")
     return seeds
 
 
 def _image_size(args, pipe) -> tuple[int, int]:
-    """(height, width), defaulting to the model's, checked against the U-Net's total downsampling."""
+    """(height, width), defaulting to the model's, checked against the U-Net's total downsampling (a transformer's
+    image-token patch)."""
     geometry = Geometry.from_pipeline(pipe, layers=False)
     height, width = geometry.size(args.height, args.width)
     multiple = geometry.multiple
+    by = "U-Net downsampling" if getattr(pipe, "unet", None) is not None else "image-token patch"
     for name, value in (("height", height), ("width", width)):
         if value % multiple:
             raise CliError(
-                f"--{name} {value} is not a multiple of {multiple} (VAE factor {geometry.vae_factor} x U-Net "
-                f"downsampling {multiple // geometry.vae_factor})"
+                f"--{name} {value} is not a multiple of {multiple} (VAE factor {geometry.vae_factor} x {by} "
+                f"{multiple // geometry.vae_factor})"
             )
     return height, width
 
@@ -105,6 +126,8 @@ def _load(args):
     info = describe_pipeline(pipe)
     args.steps = args.steps or info.recommended_steps
     args.guidance = info.recommended_guidance if args.guidance is None else args.guidance
+    if info.attention == "joint" and args.scheduler:
+        raise CliError(f"--scheduler: {info.pipeline_class} samples a rectified flow; the choices are U-Net samplers")
     if args.scheduler:
         pipe.scheduler = scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     return pipe
@@ -113,7 +136,9 @@ def _load(args):
 def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out: Path, preview) -> dict:
     from explain.clip.vocabulary import unknown_words_message
     from explain.engine.run import Capture, recorded_run  # torch: deferred so that the parser builds without it
+    from explain.io.joint_writers import joint_summary, write_joint_files
     from explain.io.writers import write_attention_files
+    from explain.joint.recording import is_joint_pipeline
     from explain.maps.aggregation import aggregate
 
     started = time.perf_counter()
@@ -127,8 +152,14 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         height=height,
         width=width,
     )
-    capture = Capture.nothing() if args.no_capture else Capture(film_decode=args.film_decode, preview=preview)
-    run = recorded_run(pipe, call, seed=seed, capture=capture)
+    joint = is_joint_pipeline(pipe)
+    concepts = _concepts(pipe, prompt, args.concept) if joint and not args.no_capture else ()
+    capture = Capture(film_decode=args.film_decode, preview=preview, concepts=concepts)
+    ovam = _open_vocabulary(pipe, args, size) if not joint and args.concept and not args.no_capture else None
+    contexts = (ovam,) if ovam is not None else ()
+    run = recorded_run(
+        pipe, call, seed=seed, capture=Capture.nothing() if args.no_capture else capture, contexts=contexts
+    )
     view = run.view
     summary = {
         "prompt": prompt,
@@ -145,10 +176,14 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         "truncated": list(view.truncated),
         "words": [w.text for w in view.words],
         "unknown_words": list(run.unknown_words),
+        "attention": "joint" if joint else "cross",
     }
     if summary["unknown_words"]:
         print(f"note: {unknown_words_message(summary['unknown_words'])}", file=sys.stderr)
-    if run.captured is None:
+    if run.joint is not None:  # SD3 / Flux: joint-attention token maps and ConceptAttention maps
+        write_joint_files(out, run.joint, run.image)
+        summary.update(capture=True, **joint_summary(run.joint), notes=list(run.notes))
+    elif run.captured is None:
         summary.update(capture_bytes=0, capture=False)
     else:
         write_attention_files(out, aggregate(run.captured, view), run.captured, run.image, view, run.frames)
@@ -159,10 +194,42 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
             layers=len(run.captured.layer_names),
             captured_steps=run.captured.n_steps,
         )
+        if ovam is not None:
+            summary.update(_write_open_vocabulary(out, ovam, run.image))
     run.image.save(out / "image.png")
     summary["seconds"] = {"denoising": round(run.denoise_seconds, 4), "total": round(time.perf_counter() - started, 4)}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _open_vocabulary(pipe, args, size: tuple[int, int]):
+    """U-Nets with ``--concept``: an OVAM recorder whose attribution text is the ``--concept`` words."""
+    from explain.capture.open_vocabulary import OpenVocabularyRecorder
+    from explain.engine.run import STORE_MAX_RESOLUTION
+
+    text = " ".join(word.strip() for word in args.concept)
+    return OpenVocabularyRecorder(pipe, text, max_resolution=STORE_MAX_RESOLUTION, height=size[0], width=size[1])
+
+
+def _write_open_vocabulary(out: Path, ovam, image) -> dict:
+    """``concepts.npz`` and ``concept_heatmaps/`` of the OVAM maps; their ``summary.json`` entries."""
+    from explain.capture.open_vocabulary import METHOD
+    from explain.io.writers import write_concept_files
+    from explain.maps.aggregation import aggregate
+
+    captured = ovam.result()
+    maps = aggregate(captured, ovam.view)
+    write_concept_files(out, maps, captured.layer_names, image, METHOD)
+    return {"concepts": list(maps.words), "concept_method": METHOD, "concept_bytes": captured.nbytes}
+
+
+def _concepts(pipe, prompt: str, extra: list[str]) -> tuple[str, ...]:
+    """ConceptAttention words of an SD3 / Flux run: the prompt's words, then every ``--concept`` word, each once."""
+    from explain.joint.recording import prompt_concepts
+    from explain.joint.tokens import text_layout
+
+    words = [*prompt_concepts(text_layout(pipe, prompt)), *(word.strip().lower() for word in extra)]
+    return tuple(dict.fromkeys(words))
 
 
 def run(args) -> int:
@@ -172,7 +239,7 @@ def run(args) -> int:
     size = _image_size(args, pipe)
     pairs = list(itertools.product(args.prompt, seeds))
     preview = None
-    if not args.no_capture and args.film_decode != "vae":
+    if not args.no_capture and args.film_decode != "vae" and getattr(pipe, "unet", None) is not None:  # film: U-Nets
         from explain.capture.film import LatentPreview
 
         preview = LatentPreview.fit(pipe.vae)  # once per model

@@ -95,6 +95,28 @@ class ContrastiveResult:
     image_projection: str
     text_projection: str
 
+    @property
+    def shapes(self) -> dict[str, list[int] | None]:
+        """Shapes of the features, projections (None: built into the tower) and embeddings, by pseudocode name."""
+        named = {"I_f": self.I_f, "T_f": self.T_f, "W_i": self.W_i, "W_t": self.W_t, "I_e": self.I_e, "T_e": self.T_e}
+        return {name: None if x is None else list(x.shape) for name, x in named.items()}
+
+    @property
+    def matched(self) -> int:
+        """Images whose highest logit is their own caption (the diagonal wins its row)."""
+        return int((self.logits.argmax(dim=1) == self.labels.to(self.logits.device)).sum())
+
+    @property
+    def mean_matched_logit(self) -> float:
+        """Mean logit of the matched pairs (the diagonal)."""
+        return float(self.logits.diagonal().mean())
+
+    @property
+    def mean_other_logit(self) -> float:
+        """Mean logit of the unmatched pairs (off the diagonal; 0 for a batch of one)."""
+        n = self.logits.shape[0]
+        return float((self.logits.sum() - self.logits.diagonal().sum()) / max(1, n * n - n))
+
 
 @dataclass(frozen=True, eq=False)
 class TextHiddenStates:
@@ -117,6 +139,16 @@ class TextHiddenStates:
     pooled_index: torch.Tensor  # [n]
     pooled: torch.Tensor  # [n, width]
     embedding: torch.Tensor  # [n, d_e]
+
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        """Shapes of ``hidden_states`` ([n, L, width]), ``pooled`` ([n, width]) and ``embedding`` ([n, d_e])."""
+        return {name: list(getattr(self, name).shape) for name in ("hidden_states", "pooled", "embedding")}
+
+    @property
+    def slot_norms(self) -> torch.Tensor:
+        """‖h‖ of every slot's hidden state, ``[n, L]``."""
+        return self.hidden_states.norm(dim=-1)
 
 
 @dataclass(frozen=True, eq=False)

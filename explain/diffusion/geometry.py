@@ -9,6 +9,11 @@ the latent shrunk by ``2 ** i``, ``mid_block`` by ``2 ** (n - 1)``, ``up_blocks.
 :class:`Geometry` holds all of it; :meth:`Geometry.from_configs` reads only config dicts (a fast start without
 weights), :meth:`Geometry.from_pipeline` also lists every ``attn2`` layer with its heads, in execution order.
 
+Joint-attention transformers (SD3 / SD3.5, Flux; Esser et al. 2024) have no U-Net and no cross-attention: the
+latent is cut into image tokens of ``patch`` x ``patch`` cells (SD3's patch embedding, Flux's 2x2 packing), so sides
+are multiples of ``f · patch`` and the default latent is ``pipe.default_sample_size`` a side
+(``transformer.config.sample_size`` on SD3, 128 on Flux).
+
 Example:
     >>> geo = Geometry.from_pipeline(pipe)
     >>> geo.default_hw, geo.multiple, geo.latent_hw(64, 96)
@@ -92,14 +97,17 @@ class Geometry:
     Attributes:
         sample_hw: Default latent (h, w) (``unet.config.sample_size``).
         vae_factor: Pixels per latent cell along a side (``pipe.vae_scale_factor``).
-        n_blocks: U-Net down blocks (``len(unet.config.down_block_types)``).
-        layers: Every cross-attention layer in execution order (empty when read from configs alone).
+        n_blocks: U-Net down blocks (``len(unet.config.down_block_types)``; 1 for a transformer: no downsampling).
+        layers: Every cross-attention layer in execution order (empty when read from configs alone, and for
+            joint-attention transformers, which have none).
+        patch: Latent cells per image token along a side (transformers: 2 on SD3 and Flux; 1 for U-Nets).
     """
 
     sample_hw: tuple[int, int]
     vae_factor: int
     n_blocks: int
     layers: tuple[AttnLayer, ...] = ()
+    patch: int = 1
 
     @classmethod
     def from_configs(cls, unet: Mapping, vae: Mapping) -> Geometry:
@@ -111,6 +119,8 @@ class Geometry:
     @classmethod
     def from_pipeline(cls, pipe, layers: bool = True) -> Geometry:
         """From a loaded pipeline: its configs plus (``layers``) each ``attn2`` layer's heads, in execution order."""
+        if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+            return cls._from_transformer(pipe)
         unet = pipe.unet
         n_blocks = len(unet.config.down_block_types)
         found = []
@@ -121,6 +131,16 @@ class Geometry:
                 found.append(AttnLayer(name, module.heads, layer_downsample(name, n_blocks)))
         found.sort(key=lambda layer: _PART_ORDER[layer.name.split(".")[0]])  # stable: keeps order within a part
         return cls(_pair(unet.config.sample_size), int(pipe.vae_scale_factor), n_blocks, tuple(found))
+
+    @classmethod
+    def _from_transformer(cls, pipe) -> Geometry:
+        """A joint-attention pipeline: one image token is ``image_processor.config.vae_scale_factor`` x
+        ``transformer.config.patch_size`` pixels a side (SD3: 8 x 2; Flux: 16 x 1, the 2x2 packing being in the
+        image processor's factor), i.e. ``patch`` latent cells."""
+        vae = int(pipe.vae_scale_factor)
+        token_side = int(pipe.image_processor.config.vae_scale_factor) * int(pipe.transformer.config.patch_size)
+        sample = getattr(pipe.transformer.config, "sample_size", None) or pipe.default_sample_size
+        return cls(_pair(sample), vae, 1, (), token_side // vae)
 
     @property
     def default_hw(self) -> tuple[int, int]:
@@ -134,8 +154,9 @@ class Geometry:
 
     @property
     def multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the U-Net's total downsampling."""
-        return self.vae_factor * self.unet_downsampling
+        """Image sides must be multiples of this: the VAE factor times the U-Net's total downsampling (times the
+        image-token side ``patch`` of a transformer)."""
+        return self.vae_factor * self.unet_downsampling * self.patch
 
     @property
     def max_side(self) -> int:

@@ -7,10 +7,14 @@ latents about unit variance, the scale the forward chain (:mod:`explain.diffusio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-__all__ = ["encode_latents", "decode_latents", "rgb_to_pixels"]
+from explain.diffusion.noising import ForwardSchedule, forward_chains
+
+__all__ = ["encode_latents", "decode_latents", "rgb_to_pixels", "pixel_and_latent_chains"]
 
 
 @torch.no_grad()
@@ -52,3 +56,31 @@ def rgb_to_pixels(rgb) -> torch.Tensor:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {arr.shape} dtype {arr.dtype}")
     unit = torch.from_numpy(arr.astype(np.float32) / np.iinfo(np.uint8).max)  # (H, W, 3) in [0, 1]
     return (unit * 2 - 1).permute(2, 0, 1).unsqueeze(0)
+
+
+def pixel_and_latent_chains(
+    vae, pixels: torch.Tensor, schedule: ForwardSchedule, timesteps: Sequence[int], generator: torch.Generator
+) -> dict[tuple[str, str], torch.Tensor]:
+    """An image on the forward chain in pixel space and in the VAE's latent space, step by step and in closed form.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``.
+        pixels: ``(1, 3, H, W)`` in ``[-1, 1]``, ``H, W`` multiples of the pipeline's ``vae_scale_factor``.
+        schedule: the forward chain.
+        timesteps: the ``K`` timesteps shown.
+        generator: the chains' noise, drawn for the pixel chains first, then for the latent chains.
+
+    Returns:
+        ``{(space, method): (1 + K, 3, H, W)}`` pixels in ``[-1, 1]``: x_0, then the frames at ``timesteps``, for
+        ``space`` in ``("pixels", "latents")`` and ``method`` in ``("step by step", "closed form")``
+        (:func:`explain.diffusion.noising.forward_chains`). Latent frames are decoded by the VAE, one batched call
+        per row; their x_0 is the VAE round trip.
+    """
+    latents = encode_latents(vae, pixels).float().cpu()  # (1, C, H / f, W / f)
+    rows: dict[tuple[str, str], torch.Tensor] = {}
+    for space, clean in (("pixels", pixels), ("latents", latents)):
+        chain, closed = forward_chains(clean, schedule, timesteps, generator)  # (K, 1, C, h, w) each
+        for method, frames in (("step by step", chain), ("closed form", closed)):
+            batch = torch.cat([clean, *frames])  # (1 + K, C, h, w)
+            rows[space, method] = decode_latents(vae, batch).float().cpu() if space == "latents" else batch
+    return rows

@@ -1,4 +1,4 @@
-"""Load a Stable Diffusion pipeline (SD 1.x, SD 2.x, SDXL) and describe its structure.
+"""Load a Stable Diffusion pipeline (SD 1.x, SD 2.x, SDXL, SD3 / SD3.5, Flux) and describe its structure.
 
 Three sources, in this order:
 
@@ -11,12 +11,15 @@ Three sources, in this order:
    - ``stabilityai/sd-turbo``                         (distilled SD 2.1: run with ``guidance_scale=0``, 1-4 steps;
      without classifier-free guidance there is no unconditional branch to capture)
    - ``stabilityai/stable-diffusion-xl-base-1.0``     (SDXL: two text encoders, 1024x1024)
+   - ``stabilityai/stable-diffusion-3.5-medium``      (SD3.5 MMDiT, flow matching, 1024x1024; gated licence)
+   - ``black-forest-labs/FLUX.1-schnell``             (Flux MMDiT, distilled: 4 steps, no guidance, 1024x1024)
+     (SD3 and Flux have no cross-attention: their word maps come from joint attention, :mod:`explain.joint`)
 
    Offline (``HF_HUB_OFFLINE=1`` or no route to the Hub) only the local Hugging Face cache is used; a model that
    is not cached fails at once with a message saying how to run offline (download it elsewhere, pass the folder).
 
-Only ``StableDiffusionPipeline`` and ``StableDiffusionXLPipeline`` are loaded; no remote code, no custom pipelines,
-safetensors weights only.
+Only the classes of :data:`SUPPORTED_PIPELINES` are loaded (SD, SDXL, SD3 and Flux pipelines); no remote code, no
+custom pipelines, safetensors weights only.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def scheduler_class(name: str):
 
 EXPLORER_SETTINGS = "explorer.json"  # optional per-model defaults (guidance, steps) in a model directory
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-shapes-sd"
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+JOINT_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline")  # joint-attention transformers (MMDiT)
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", *JOINT_PIPELINES)
+FLUX_DISTILLED_STEPS = 4  # FLUX.1-schnell's model card: 4 steps, guidance 0 (timestep-distilled, no guidance input)
 # Libraries a model_index.json component may come from: anything else would be a module of custom code.
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.load / pickle formats: loading them can run code
@@ -109,21 +114,28 @@ class PipelineInfo:
 
     Attributes:
         family: ``"sd1"``, ``"sd2"`` or ``"sdxl"`` (SD 2.x is told from SD 1.x by its linear transformer
-            projections, ``unet.config.use_linear_projection``).
+            projections, ``unet.config.use_linear_projection``); ``"sd3"`` (SD3 / SD3.5) or ``"flux"``.
         pipeline_class: Class name of the pipeline.
-        latent_channels: ``unet.config.in_channels``.
+        latent_channels: ``unet.config.in_channels`` (SD3 / Flux: ``transformer.config.in_channels``, / 4 on Flux).
         vae_scale_factor: Pixels per latent cell along a side (``pipe.vae_scale_factor``).
         scaling_factor: ``vae.config.scaling_factor`` (latents are ``z * scaling_factor``).
-        default_size: Default (height, width) in pixels.
-        cross_attention_layers: Every ``attn2`` layer in execution order.
+        default_size: Default (height, width) in pixels (SD3 / Flux: ``default_sample_size`` x the VAE factor).
+        cross_attention_layers: Every ``attn2`` layer in execution order (empty for SD3 / Flux: no cross-attention).
         geometry: Sizes, multiples and layers (:class:`explain.diffusion.geometry.Geometry`).
-        text_encoder_width: Width of the text embedding the U-Net attends to (``unet.config.cross_attention_dim``).
-        model_max_length: Token slots of the tokenizer.
-        prediction_type: What the U-Net predicts: ``"epsilon"`` or ``"v_prediction"`` (scheduler config).
+        text_encoder_width: Width of the text embedding the model attends to (``unet.config.cross_attention_dim``,
+            ``transformer.config.joint_attention_dim``).
+        model_max_length: Token slots of the (CLIP) tokenizer.
+        prediction_type: What the model predicts: ``"epsilon"`` or ``"v_prediction"`` (scheduler config);
+            ``"flow"`` for SD3 / Flux (rectified flow: the velocity ε - x₀, Esser et al. 2024).
         scheduler: Scheduler class name.
         recommended_guidance: Default classifier-free guidance scale: the model directory's
             ``explorer.json`` ``{"guidance": ...}`` when present, else Stable Diffusion's usual 7.5.
         recommended_steps: Default number of denoising steps (``explorer.json`` ``{"steps": ...}``, else 25).
+            SD3 / Flux: the pipeline call's defaults (SD3: 28 steps, guidance 7.0); a Flux without guidance input
+            (FLUX.1-schnell, timestep-distilled): :data:`FLUX_DISTILLED_STEPS` steps, guidance 0.
+        attention: ``"cross"`` (U-Net cross-attention) or ``"joint"`` (SD3 / Flux joint attention).
+        joint_layers: SD3 / Flux: the joint-attention layers' module paths in execution order (else empty).
+        max_sequence_length: SD3 / Flux: T5 token slots of the pipeline's default call (0 for U-Nets).
     """
 
     family: str
@@ -140,6 +152,9 @@ class PipelineInfo:
     scheduler: str
     recommended_guidance: float = 7.5
     recommended_steps: int = 25
+    attention: str = "cross"
+    joint_layers: tuple[str, ...] = ()
+    max_sequence_length: int = 0
 
 
 def default_device() -> str:
@@ -221,7 +236,7 @@ def check_model_index(index: dict, model: str) -> None:
             raise ModelLoadError(
                 f"{model!r}: component {name!r} is {library}.{spec[1]}, custom code outside diffusers and "
                 "transformers; this app never loads remote or custom code (no trust_remote_code, no custom "
-                "pipelines). Use a standard StableDiffusionPipeline or StableDiffusionXLPipeline directory."
+                f"pipelines). Use a standard {', '.join(SUPPORTED_PIPELINES)} directory."
             )
 
 
@@ -250,10 +265,11 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     Args:
         model: ``None`` (embedded model), a local diffusers directory or a Hub id.
         device: ``"cpu"``, ``"cuda"``...; default :func:`default_device`.
-        dtype: Weights dtype; default float16 on CUDA, float32 otherwise.
+        dtype: Weights dtype; default on CUDA float16 (U-Nets) or bfloat16 (SD3 / Flux, which their authors run
+            in bfloat16: Flux overflows float16), float32 otherwise.
 
     Returns:
-        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on ``device``, progress bar disabled.
+        A pipeline of :data:`SUPPORTED_PIPELINES` on ``device``, progress bar disabled.
 
     Raises:
         ModelLoadError: Missing model, unsupported pipeline class, or a Hub id that cannot be reached offline.
@@ -261,18 +277,20 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
     import diffusers
 
     device = device or default_device()
-    if dtype is None:
-        dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     index, source, local_only = read_model_index(model)
     class_name = index.get("_class_name")
     if class_name not in SUPPORTED_PIPELINES:
         raise ModelLoadError(f"{model or source!r} is a {class_name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    if dtype is None and torch.device(device).type == "cuda":
+        dtype = torch.bfloat16 if class_name in JOINT_PIPELINES else torch.float16
+    dtype = dtype or torch.float32
     check_model_index(index, model or source)
     if Path(source).is_dir():
         check_safetensors(source)
-    kwargs = {}
-    if "safety_checker" in index and (index["safety_checker"] is None or index["safety_checker"][0] is None):
-        kwargs.update(safety_checker=None, requires_safety_checker=False)  # none shipped: no warning about it
+    # components saved as absent ([null, null]: SD3 without T5, no safety checker) are passed as None again
+    kwargs = {k: None for k, spec in index.items() if not k.startswith("_") and isinstance(spec, list) and not spec[0]}
+    if "safety_checker" in kwargs:  # none shipped: no warning about it
+        kwargs.update(requires_safety_checker=False)
     pipeline_class = getattr(diffusers, class_name)
     try:
         pipe = pipeline_class.from_pretrained(
@@ -291,6 +309,8 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: to
 
 def describe_pipeline(pipe) -> PipelineInfo:
     """Read the structure of a Stable Diffusion pipeline from its component configs."""
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        return _describe_joint(pipe)
     unet = pipe.unet
     geometry = Geometry.from_pipeline(pipe)
     layers = tuple(
@@ -319,6 +339,45 @@ def describe_pipeline(pipe) -> PipelineInfo:
         scheduler=type(pipe.scheduler).__name__,
         **_recommended(pipe),
     )
+
+
+def _describe_joint(pipe) -> PipelineInfo:
+    """:class:`PipelineInfo` of an SD3 / SD3.5 or Flux pipeline (joint attention, flow matching)."""
+    from explain.joint.capture import Family, family_of, joint_layers
+
+    family = family_of(pipe)
+    config = pipe.transformer.config
+    geometry = Geometry.from_pipeline(pipe)
+    packing = geometry.patch // config.patch_size  # Flux packs 2x2 latent cells into one token's channels
+    return PipelineInfo(
+        family=family.value,
+        pipeline_class=type(pipe).__name__,
+        latent_channels=config.in_channels // packing**2,
+        vae_scale_factor=pipe.vae_scale_factor,
+        scaling_factor=float(pipe.vae.config.scaling_factor),
+        default_size=geometry.default_hw,
+        cross_attention_layers=(),
+        geometry=geometry,
+        text_encoder_width=config.joint_attention_dim,
+        model_max_length=pipe.tokenizer.model_max_length,
+        prediction_type="flow",
+        scheduler=type(pipe.scheduler).__name__,
+        attention="joint",
+        joint_layers=tuple(joint_layers(pipe)),
+        **{**_joint_defaults(pipe, family is Family.FLUX and not config.guidance_embeds), **_recommended(pipe)},
+    )
+
+
+def _joint_defaults(pipe, distilled: bool) -> dict:
+    """The pipeline call's defaults (T5 slots, steps, guidance); ``distilled``: FLUX_DISTILLED_STEPS, guidance 0."""
+    import inspect
+
+    params = inspect.signature(type(pipe).__call__).parameters
+    return {
+        "max_sequence_length": int(params["max_sequence_length"].default),
+        "recommended_guidance": 0.0 if distilled else float(params["guidance_scale"].default),
+        "recommended_steps": FLUX_DISTILLED_STEPS if distilled else int(params["num_inference_steps"].default),
+    }
 
 
 def _recommended(pipe) -> dict:

@@ -5,7 +5,9 @@ Every view and the library's own entry points check input here, so a field has o
 allowed: ``"seed must be a whole number from 0 to 4294967295 (got -3)."``. Errors are ``ValueError``; demo/ turns
 them into ``gr.Error`` (``demo.common.user_errors``), the CLI into one line on stderr.
 
-- :func:`finite`, :func:`whole`, :func:`number`, :func:`one_of`, :func:`prompt_text`: the field checks.
+- :func:`finite`, :func:`whole`, :func:`number`, :func:`one_of`, :func:`prompt_text`, :func:`number_list`: the field
+  checks; :func:`quoted`: a value as a message echoes it (short: a 10 000-character value is not sent back).
+- :func:`guidance_scales`: the scales of a guidance sweep, from text.
 - :class:`RunSettings`: seed, steps and guidance, shared by the steering experiments and the use cases.
 - :class:`GenerationRequest`: one text-to-image generation (the app's "Denoise & attend" tab), checked against the
   pipeline's geometry (:class:`explain.diffusion.geometry.Geometry`).
@@ -23,6 +25,7 @@ from explain.diffusion.geometry import Geometry
 __all__ = [
     "MAX_STEPS",
     "MAX_GUIDANCE",
+    "MAX_SCALES",
     "MAX_SEED",
     "MAX_PROMPT_CHARS",
     "SCHEDULER_CHOICES",
@@ -31,6 +34,9 @@ __all__ = [
     "number",
     "one_of",
     "prompt_text",
+    "number_list",
+    "quoted",
+    "guidance_scales",
     "RunSettings",
     "GenerationRequest",
 ]
@@ -49,12 +55,23 @@ SCHEDULER_CHOICES: dict[str, str | None] = {
 }
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
+MAX_SCALES = 8  # guidance scales of one sweep (each is a whole generation)
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000  # longer text is refused before tokenising it (77 slots hold a few hundred characters)
 CUT_TOKENS_SHOWN = 8  # an over-long prompt's error quotes this many of the tokens that would be cut
+QUOTED_CHARS = 60  # a value echoed in a message shows at most this many characters
 
 
 # -- field checks ----------------------------------------------------------------------------------------------------
+def quoted(text) -> str:
+    """``text`` as a message echoes it: its ``repr``, cut after :data:`QUOTED_CHARS` characters with its length said
+    (``'a big red circle on the left and a big red circle on the lef'… (10000 characters)``)."""
+    text = str(text)
+    if len(text) <= QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:QUOTED_CHARS]!r}… ({len(text)} characters)"
+
+
 def finite(field: str, value) -> float:
     """``value`` as a float if it is a finite real number (not bool, text, NaN or infinities)."""
     if not _is_number(value):
@@ -112,6 +129,34 @@ def prompt_text(tokenizer, field: str, text, required: bool = True) -> str:
         f"slots, {slots - 2} for words (BOS and EOS take two). {len(view.truncated)} tokens would be cut, starting "
         f"with “{cut}”{f' and {more} more' if more > 0 else ''}. Shorten it."
     )
+
+
+def number_list(field: str, text, low: float, high: float, most: int, example: str) -> list[float]:
+    """The numbers in comma (or semicolon) separated ``text``: 1 to ``most`` of them, each finite and in
+    ``[low, high]``. The message names the field, the format and the range: ``"guidance scales must be 1 to 8
+    numbers from 0 to 30, separated by commas (e.g. 1, 3, 7.5); 'x' is not a number."``"""
+    allowed = f"{field} must be 1 to {most} numbers from {low:g} to {high:g}, separated by commas (e.g. {example})"
+    if not isinstance(text, str):
+        raise ValueError(f"{allowed}; got a {type(text).__name__}, not text.")
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    if not 1 <= len(parts) <= most:
+        raise ValueError(f"{allowed}; got {len(parts) or 'none'}.")
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{allowed}; {quoted(part)} is not a number.") from None
+        if not low <= value <= high:  # NaN fails too
+            raise ValueError(f"{allowed}; {quoted(part)} is not a number from {low:g} to {high:g}.")
+        values.append(value)
+    return values
+
+
+def guidance_scales(text) -> list[float]:
+    """The guidance scales of a sweep from text such as ``"1, 3, 7.5"`` (:func:`number_list`: 1 to
+    :data:`MAX_SCALES` numbers from 0 to :data:`MAX_GUIDANCE`)."""
+    return number_list("guidance scales", text, 0, MAX_GUIDANCE, MAX_SCALES, example="1, 3, 7.5")
 
 
 # -- requests ------------------------------------------------------------------------------------------------------

@@ -19,6 +19,12 @@ handed to the pipeline for the sampler's own noise (ancestral samplers, img2img 
 every machine, so one seed gives one x_T in every tab, in the CLI and on CPU, CUDA or MPS (images then agree up to
 the device's arithmetic).
 
+Joint-attention pipelines (SD3 / SD3.5, Flux: no U-Net, no cross-attention) run through the same call with the
+recorder of their family, :class:`~explain.joint.recording.JointRecording` (joint-attention token maps, and
+ConceptAttention maps for ``Capture.concepts``), in :attr:`RecordedRun.joint`; x_T is their pipelines' own draw
+(:func:`~explain.joint.recording.joint_initial_noise`, Flux's packed into tokens); their film is not recorded
+(flow-matching sampler; :attr:`RecordedRun.notes` says so).
+
 Two pipeline differences are bridged here, without touching the pipelines: ``StableDiffusionUpscalePipeline`` has
 only the legacy ``callback(step, t, latents)`` (adapted to ``callback_on_step_end``), and no
 ``do_classifier_free_guidance`` attribute (the recorder is given a view of the pipeline that states it).
@@ -45,6 +51,13 @@ from explain.capture.swap import compose_callbacks
 from explain.clip.tokens import TokenView, tokenize_prompt
 from explain.clip.vocabulary import unknown_words, vocabulary_of
 from explain.diffusion.geometry import Geometry
+from explain.joint.recording import (
+    FILM_NOT_RECORDED,
+    JointRecorded,
+    JointRecording,
+    is_joint_pipeline,
+    joint_initial_noise,
+)
 
 __all__ = [
     "SEED_DEVICE",
@@ -77,6 +90,7 @@ class Capture:
         preview: A fitted latent preview to reuse.
         on_frame: Called with each streamed film frame (every ``stream_every`` steps and the last).
         stream_every: Steps between streamed frames.
+        concepts: SD3 / Flux: words to map with ConceptAttention (any words; with ``attention``).
     """
 
     attention: bool = True
@@ -86,6 +100,7 @@ class Capture:
     preview: LatentPreview | None = None
     on_frame: Callable | None = None
     stream_every: int = 1
+    concepts: tuple[str, ...] = ()
 
     @classmethod
     def nothing(cls) -> Capture:
@@ -127,6 +142,8 @@ class RecordedRun:
         size: (height, width) in pixels of the images.
         unknown_words: Words of the (first) prompt the model never saw in training
             (:mod:`explain.clip.vocabulary`; always empty for real checkpoints).
+        joint: SD3 / Flux: the joint-attention (and ConceptAttention) maps; ``captured`` is None there.
+        notes: What was asked for but not recorded, and why (SD3 / Flux: the film).
     """
 
     images: object
@@ -141,6 +158,8 @@ class RecordedRun:
     scheduler: str
     size: tuple[int, int] = field(default=(0, 0))
     unknown_words: tuple[str, ...] = ()
+    joint: JointRecorded | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def image(self):
@@ -207,8 +226,9 @@ def recorded_run(
     capture = capture if capture is not None else Capture()
     prompts = _prompts(call)
     kwargs, noise = _seeded_call(pipe, call, len(prompts), seed, draw_noise)
+    joint = is_joint_pipeline(pipe)  # SD3 / Flux: joint-attention recorder, no film
     target = pipe
-    if not hasattr(type(pipe), "do_classifier_free_guidance"):
+    if not joint and not hasattr(type(pipe), "do_classifier_free_guidance"):
         target = _GuidanceView(pipe.unet, pipe.vae_scale_factor, pipe.tokenizer, kwargs["guidance_scale"] > 1.0)
     counter = _StepCounter(stop, progress)
     with lock if lock is not None else contextlib.nullcontext():
@@ -219,7 +239,7 @@ def recorded_run(
                 if capture.attention
                 else None
             )
-            film = _film_recorder(pipe, capture, kwargs.get("latents")) if capture.film else None
+            film = _film_recorder(pipe, capture, kwargs.get("latents")) if capture.film and not joint else None
             callback = compose_callbacks(
                 *(getattr(context, "callback_on_step_end", None) for context in entered),
                 recorder and recorder.callback_on_step_end,
@@ -234,11 +254,14 @@ def recorded_run(
             images = pipe(**kwargs).images
             seconds = time.perf_counter() - started
         view = tokenize_prompt(pipe.tokenizer, prompts[0])
+        recorded = recorder.result() if recorder is not None else None
         return RecordedRun(
             images=images,
             view=view,
             unknown_words=unknown_words(view, vocabulary_of(getattr(pipe, "text_encoder", None))),
-            captured=recorder.result() if recorder is not None else None,
+            captured=None if joint else recorded,
+            joint=recorded if joint else None,
+            notes=(FILM_NOT_RECORDED,) if joint and capture.film else (),
             frames=tuple(film.frames()) if film is not None else (),
             noise=noise,
             interrupted=bool(getattr(pipe, "_interrupt", False)),
@@ -259,8 +282,11 @@ def _seeded_call(pipe, call: dict, n_prompts: int, seed: int | None, draw_noise:
     if draw_noise:
         height, width = Geometry.from_pipeline(pipe, layers=False).size(kwargs.get("height"), kwargs.get("width"))
         kwargs.update(height=height, width=width)
-        noise = initial_noise(pipe, 1, height, width, generator)  # (1, C, h, w): the draw the pipeline would make
-        kwargs["latents"] = noise.expand(n_prompts, *noise.shape[1:]).clone()  # (B, C, h, w): the same x_T
+        if is_joint_pipeline(pipe):  # (1, C, h, w) and what the pipeline takes (Flux: packed (1, N, 4C) tokens)
+            noise, latents = joint_initial_noise(pipe, 1, height, width, generator)
+        else:
+            noise = latents = initial_noise(pipe, 1, height, width, generator)  # (1, C, h, w): the pipeline's draw
+        kwargs["latents"] = latents.expand(n_prompts, *latents.shape[1:]).clone()  # (B, ...): the same x_T
     return kwargs, noise
 
 
@@ -293,15 +319,27 @@ def _film_recorder(pipe, capture: Capture, initial_latents) -> FilmRecorder:
     )
 
 
-def _attention_recorder(target, capture: Capture, prompts: list[str], kwargs: dict) -> AttentionRecorder:
-    """The recorder of a run: BOS..EOS columns of the longest prompt, maps pooled to STORE_MAX_RESOLUTION."""
+def _attention_recorder(target, capture: Capture, prompts: list[str], kwargs: dict):
+    """The recorder of a run, by family. U-Nets: an AttentionRecorder on the BOS..EOS columns of the longest
+    prompt, maps pooled to STORE_MAX_RESOLUTION. SD3 / Flux: a JointRecording (token and concept maps)."""
+    size = dict(height=kwargs.get("height"), width=kwargs.get("width"))
+    if is_joint_pipeline(target):
+        return JointRecording(
+            target,
+            prompts,
+            per_head=capture.per_head,
+            concepts=capture.concepts,
+            max_sequence_length=kwargs.get("max_sequence_length"),
+            **size,
+        )
+    if capture.concepts:
+        raise ValueError("Capture.concepts (ConceptAttention maps) needs an SD3 or Flux pipeline")
     return AttentionRecorder(
         target,
         per_head=capture.per_head,
         token_count=max(tokenize_prompt(target.tokenizer, p).n_used for p in prompts),
         max_resolution=STORE_MAX_RESOLUTION,
-        height=kwargs.get("height"),
-        width=kwargs.get("width"),
+        **size,
     )
 
 

@@ -7,6 +7,11 @@
 - GIF, :func:`~explain.io.formats.write_gif`: animated frames; :func:`write_film_gif` (x̂₀ and each word's map per step, the CLI's
   ``film.gif``) and :func:`write_pair_film_gif` (x_t beside x̂₀ per step) compose them.
 - PNG: :func:`write_heatmaps` (one overlay per word), :func:`write_grid_png` (the image and every word's overlay).
+- Maps of words that need not be in the prompt, :func:`write_concept_files`: ``concepts.npz`` holds ``concepts``,
+  ``concept_maps`` (float32 ``[C, H, W]`` at image size), ``layer_names`` and ``method``: ``"ovam"`` (U-Nets,
+  :mod:`explain.capture.open_vocabulary`: DAAM aggregate of the attribution text's attention, not normalised) or
+  ``"conceptattention"`` (SD3 / Flux, :mod:`explain.joint.concepts`: softmax over the concepts); overlays in
+  ``concept_heatmaps/``.
 - JSON, :func:`~explain.io.formats.write_json`: indented UTF-8 with a final newline.
 
 The format-level writers (JSON, GIF, captioned pairs) live in :mod:`.formats`, which imports no torch, so the
@@ -38,6 +43,7 @@ __all__ = [
     "write_film_gif",
     "write_pair_film_gif",
     "write_attention_files",
+    "write_concept_files",
 ]
 
 FILM_MAX_WORDS = 8  # word tiles per film frame
@@ -119,3 +125,16 @@ def write_attention_files(out: Path, maps: TokenMaps, captured: CapturedAttentio
     write_heatmaps(out / "heatmaps", maps, image)
     if film:
         write_film_gif(out / "film.gif", list(film), captured, view)
+
+
+def write_concept_files(out: Path, maps: TokenMaps, layer_names: Sequence[str], image, method: str) -> None:
+    """``concepts.npz`` (``maps.words`` and ``maps.word_maps`` as ``concepts`` and ``concept_maps``) and
+    ``concept_heatmaps/`` into ``out`` (format in the module docstring)."""
+    np.savez_compressed(
+        out / "concepts.npz",
+        concepts=np.array(maps.words, dtype=str),
+        concept_maps=maps.word_maps.numpy().astype(np.float32),
+        layer_names=np.array(list(layer_names), dtype=str),
+        method=np.array(method),
+    )
+    write_heatmaps(out / "concept_heatmaps", maps, image)

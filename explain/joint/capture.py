@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-from explain.capture.swap import Branch, cond_rows
+from explain.capture.swap import Branch, ProcessorSwap, cond_rows
 from explain.joint.processors import JointTensors, flux_joint, mirrors, sd3_joint
 
-__all__ = ["Family", "LayerKind", "JointCall", "JointCapture", "family_of", "grid_hw", "Branch"]
+__all__ = ["Family", "LayerKind", "JointCall", "JointCapture", "family_of", "grid_hw", "joint_layers", "Branch"]
 
 
 class Family(enum.Enum):
@@ -53,6 +53,25 @@ def family_of(pipe) -> Family:
     if isinstance(transformer, FluxTransformer2DModel):
         return Family.FLUX
     raise ValueError(f"not a joint-attention pipeline (SD3 or Flux transformer): {type(transformer).__name__}")
+
+
+def layer_kind(transformer, family: Family, name: str) -> LayerKind | None:
+    """JOINT, SINGLE or None (not a joint-attention layer: SD3.5's image-only ``attn2``) for module path ``name``."""
+    module = transformer.get_submodule(name)
+    if getattr(module, "added_kv_proj_dim", None) is not None:
+        return LayerKind.JOINT
+    if family is Family.FLUX and getattr(module, "pre_only", False):
+        return LayerKind.SINGLE
+    return None
+
+
+def joint_layers(pipe) -> dict[str, LayerKind]:
+    """Every joint-attention layer of ``pipe.transformer`` in execution order: module path -> kind (what
+    :class:`JointCapture` records; SD3.5's image-only ``attn2`` is left out)."""
+    family = family_of(pipe)
+    names = (key.removesuffix(".processor") for key in pipe.transformer.attn_processors)
+    kinds = {name: layer_kind(pipe.transformer, family, name) for name in names}
+    return {name: kind for name, kind in kinds.items() if kind is not None}
 
 
 def grid_hw(pipe, height: int, width: int) -> tuple[int, int]:
@@ -160,7 +179,7 @@ class JointCapture:
             raise ValueError("Flux records the positive-prompt call only (Branch.COND)")
         self.sinks = sinks
         self.transformer = pipe.transformer
-        self._originals: dict | None = None
+        self._swap: ProcessorSwap | None = None
         self._layers: dict[str, tuple[int, LayerKind]] = {}
         self._step = -1
         self._last_timestep: float | None = None
@@ -170,34 +189,29 @@ class JointCapture:
         self.timesteps: list[float] = []
 
     def _kind(self, name: str) -> LayerKind | None:
-        module = self.transformer.get_submodule(name)
-        if getattr(module, "added_kv_proj_dim", None) is not None:
-            return LayerKind.JOINT
-        if self.family is Family.FLUX and getattr(module, "pre_only", False):
-            return LayerKind.SINGLE
-        return None  # SD3.5 attn2: image-only self-attention
+        return layer_kind(self.transformer, self.family, name)  # None: SD3.5's image-only attn2
 
     def __enter__(self) -> JointCapture:
-        if self._originals is not None:
+        if self._swap is not None:
             raise RuntimeError("this joint capture is already active")
-        originals = dict(self.transformer.attn_processors)  # execution order: joint blocks, then single blocks
-        swapped = {}
-        for key, processor in originals.items():
-            name = key.removesuffix(".processor")
-            kind = self._kind(name)
-            if kind is None:
-                swapped[key] = processor
-                continue
-            self._layers[name] = (len(self._layers), kind)
-            swapped[key] = _CaptureProcessor(processor, name, self)
-        if not self._layers:
-            raise ValueError("the transformer has no joint-attention layers")
+        self._layers = {}
+
+        def wrap(name: str, processor):  # called in execution order: joint blocks, then single blocks
+            self._layers[name] = (len(self._layers), self._kind(name))
+            return _CaptureProcessor(processor, name, self)
+
+        swap = ProcessorSwap(
+            self.transformer,
+            lambda name, _: self._kind(name) is not None,
+            wrap,
+            "the transformer has no joint-attention layers",
+        )
+        swap.__enter__()
+        self._swap = swap
         self._last_index = len(self._layers)  # index of the last layer that ran: the next call starts below it
-        for sink in self.sinks:
-            sink.bind(self)
-        self._originals = originals
         try:
-            self.transformer.set_attn_processor(swapped)
+            for sink in self.sinks:
+                sink.bind(self)  # sinks read the layer table, so they bind once it is filled
         except BaseException:
             self.restore()
             raise
@@ -207,9 +221,9 @@ class JointCapture:
         self.restore()
 
     def restore(self) -> None:
-        if self._originals is not None:
-            self.transformer.set_attn_processor(dict(self._originals))
-            self._originals = None
+        if self._swap is not None:
+            self._swap.restore()
+            self._swap = None
 
     @property
     def layers(self) -> dict[str, tuple[int, LayerKind]]:

@@ -61,6 +61,22 @@ class TokenMaps:
         """(H, W) map of the first word equal to ``word``."""
         return self.word_maps[self.words.index(word)]
 
+    def span_map(self, token_indices: Iterable[int]) -> torch.Tensor:
+        """(H, W) map of a group of token slots (a word's or phrase's sub-tokens): the sum of their maps.
+
+        Slots past the captured ones are left out; no slot left gives a zero map.
+        """
+        return _span_sum(self.token_maps, token_indices)
+
+    def word_overlays(self, image) -> tuple[np.ndarray, ...]:
+        """Each word's map blended over ``image`` (:func:`overlay`, min-max normalised): (H, W, 3) uint8 per word."""
+        return tuple(overlay(image, heat.numpy()) for heat in self.word_maps)
+
+
+def _span_sum(token_maps: torch.Tensor, token_indices: Iterable[int]) -> torch.Tensor:
+    """(H, W) sum of the (n_tokens, H, W) ``token_maps`` of the slots ``token_indices`` that were captured."""
+    return token_maps[[j for j in token_indices if j < token_maps.shape[0]]].sum(dim=0)
+
 
 def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of (..., h, w) to ``size``, clamped at 0 (DAAM)."""
@@ -153,7 +169,7 @@ def aggregate(
     if view is None:
         return TokenMaps(token_maps, tuple(str(i) for i in range(n_tokens)), (), token_maps[:0])
     words = [w for w in view.words if max(w.token_indices) < n_tokens]
-    word_maps = torch.stack([token_maps[list(w.token_indices)].sum(dim=0) for w in words]) if words else token_maps[:0]
+    word_maps = torch.stack([_span_sum(token_maps, w.token_indices) for w in words]) if words else token_maps[:0]
     return TokenMaps(token_maps, tuple(view.tokens[:n_tokens]), tuple(w.text for w in words), word_maps)
 
 

@@ -47,6 +47,7 @@ from explain.capture.op import explicit_output, explicit_probs, project
 from explain.capture.recorder import CapturedAttention
 from explain.capture.swap import CrossAttentionSwap, cond_rows
 from explain.clip.tokens import tokenize_prompt
+from explain.engine.requests import quoted
 
 __all__ = [
     "MAX_WEIGHT",
@@ -283,32 +284,38 @@ def effective_attention(captured: CapturedAttention, edits: Sequence[Edit]) -> C
 
 
 # -- words -----------------------------------------------------------------------------------------------------------
-def word_token_indices(tokenizer, prompt: str, word: str) -> tuple[int, ...]:
+def word_token_indices(tokenizer, prompt: str, word: str, field: str = "word") -> tuple[int, ...]:
     """Token slots of every occurrence of ``word`` (one word or a phrase such as ``"on the left"``) in ``prompt``.
 
     Matching is on CLIP's words (:func:`explain.clip.tokens.tokenize_prompt`), so it is case-insensitive and covers all
     BPE sub-tokens of a word.
 
+    Args:
+        field: What the word is called in messages (the UI's label: ``"word to drop"``, ``"old word"``).
+
     Raises:
-        ValueError: ``word`` is empty or not among the prompt's words (the message lists them).
+        ValueError: ``word`` is empty or not among the prompt's words (the message names ``field`` and lists the
+            prompt's words; long values are echoed cut short).
     """
     query = [w.text for w in tokenize_prompt(tokenizer, word).words]
     if not query:
-        raise ValueError(f"no word given (got {word!r})")
+        raise ValueError(f"The {field} is empty: type a word of the prompt (got {quoted(word)}).")
     view = tokenize_prompt(tokenizer, prompt)
     texts = [w.text for w in view.words]
     starts = [i for i in range(len(texts) - len(query) + 1) if texts[i : i + len(query)] == query]
     if not starts:
         listed = ", ".join(repr(w.text) for w in view.words if not w.is_punctuation) or "none"
         cut = f"; the prompt was cut after {view.n_prompt_tokens} tokens" if view.truncated else ""
-        raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}; its words are: {listed}{cut}")
+        raise ValueError(
+            f"The {field} {quoted(word)} is not a word of the prompt {quoted(prompt)}; its words are: {listed}{cut}"
+        )
     return tuple(sorted({j for i in starts for w in view.words[i : i + len(query)] for j in w.token_indices}))
 
 
 def _word_pattern(word: str) -> re.Pattern:
     parts = word.split()
     if not parts:
-        raise ValueError(f"no word given (got {word!r})")
+        raise ValueError(f"no word given (got {quoted(word)})")
     return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, parts)) + r"(?!\w)", re.IGNORECASE)
 
 
@@ -316,7 +323,7 @@ def replace_word(prompt: str, old_word: str, new_word: str) -> str:
     """``prompt`` with every whole-word occurrence of ``old_word`` replaced by ``new_word`` (case-insensitive)."""
     new_prompt, count = _word_pattern(old_word).subn(new_word.strip(), prompt)
     if not count:
-        raise ValueError(f"{old_word!r} is not a word of the prompt {prompt!r}")
+        raise ValueError(f"{quoted(old_word)} is not a word of the prompt {quoted(prompt)}")
     return new_prompt
 
 
@@ -324,5 +331,5 @@ def remove_word(prompt: str, word: str) -> str:
     """``prompt`` without ``word`` (every whole-word occurrence), whitespace collapsed."""
     new_prompt, count = _word_pattern(word).subn(" ", prompt)
     if not count:
-        raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}")
+        raise ValueError(f"{quoted(word)} is not a word of the prompt {quoted(prompt)}")
     return re.sub(r"\s+([,.;:!?])", r"\1", " ".join(new_prompt.split()))

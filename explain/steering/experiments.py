@@ -22,8 +22,9 @@ import numpy as np
 
 from explain.capture.recorder import CapturedAttention
 from explain.clip.tokens import tokenize_prompt
-from explain.engine.requests import RunSettings
+from explain.engine.requests import RunSettings, quoted
 from explain.engine.run import Capture, recorded_run
+from explain.maps.aggregation import aggregate, overlay
 from explain.steering.edits import (
     MAX_WEIGHT,
     AttentionSteering,
@@ -36,7 +37,15 @@ from explain.steering.edits import (
     word_token_indices,
 )
 
-__all__ = ["SteerResult", "steer_reweight", "steer_swap", "steer_drop", "guidance_sweep"]
+__all__ = [
+    "SteerResult",
+    "WordOverlays",
+    "steer_reweight",
+    "steer_swap",
+    "steer_drop",
+    "guidance_sweep",
+    "word_overlays",
+]
 
 
 def _rows_of(captured: CapturedAttention, row: int) -> CapturedAttention:
@@ -73,6 +82,52 @@ class SteerResult:
     edits: tuple[Edit, ...]
     baseline_attention: CapturedAttention | None = None
     edited_attention: CapturedAttention | None = None
+
+    def amplified_difference(self, gain: float) -> np.ndarray:
+        """``difference`` × ``gain``, clipped to 0..255: (H, W, 3) uint8 (faint differences made visible)."""
+        return np.clip(self.difference.astype(np.int32) * gain, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays
+class WordOverlays:
+    """A steered word's attention over each image: its sub-tokens' summed DAAM map, blended on top.
+
+    Attributes:
+        before: (H, W, 3) uint8, the word's map over the baseline; None without captured attention.
+        after: (H, W, 3) uint8, the (new) word's map over the edited image; None when the edited prompt does not
+            contain it (a deleted word) or without captured attention.
+    """
+
+    before: np.ndarray | None
+    after: np.ndarray | None
+
+
+def _span_overlay(captured: CapturedAttention, token_indices, image: np.ndarray) -> np.ndarray:
+    """The summed maps of ``token_indices`` (:meth:`TokenMaps.span_map`) over ``image`` (H, W, 3)."""
+    maps = aggregate(captured, None, image_size=image.shape[:2])
+    return overlay(image, maps.span_map(token_indices).numpy())
+
+
+def word_overlays(result: SteerResult, tokenizer, edited_word: str) -> WordOverlays:
+    """The steered word before (``result.token_indices`` on the baseline) and ``edited_word`` after the edit.
+
+    Args:
+        result: A steering result with captured attention (``capture=True``).
+        tokenizer: The pipeline's tokenizer (finds ``edited_word``'s slots in ``result.edited_prompt``).
+        edited_word: The word shown on the edited image: the same word for a re-weight or a drop, the new word for
+            a swap.
+    """
+    if result.baseline_attention is None:
+        return WordOverlays(None, None)
+    before = _span_overlay(result.baseline_attention, result.token_indices, result.baseline)
+    try:
+        after_indices = word_token_indices(tokenizer, result.edited_prompt, edited_word)
+    except ValueError:  # not in the edited prompt (a deleted word)
+        after_indices = ()
+    after = None
+    if after_indices and result.edited_attention is not None:
+        after = _span_overlay(result.edited_attention, after_indices, result.edited)
+    return WordOverlays(before, after)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -214,14 +269,15 @@ def steer_swap(
             pick a word with the same number of BPE tokens).
     """
     RunSettings(seed, steps, guidance).validate()
-    indices = word_token_indices(pipe.tokenizer, prompt, old_word)
+    indices = word_token_indices(pipe.tokenizer, prompt, old_word, field="old word")
     target = replace_word(prompt, old_word, new_word)
     source_view, target_view = tokenize_prompt(pipe.tokenizer, prompt), tokenize_prompt(pipe.tokenizer, target)
     if source_view.n_prompt_tokens != target_view.n_prompt_tokens:
         old_n = len(tokenize_prompt(pipe.tokenizer, old_word).used_tokens) - 2
         new_n = len(tokenize_prompt(pipe.tokenizer, new_word).used_tokens) - 2
         raise ValueError(
-            f"word swap needs prompts of equal token length: {old_word!r} is {old_n} BPE token(s), {new_word!r} is "
+            f"word swap needs prompts of equal token length: {quoted(old_word)} is {old_n} BPE token(s), "
+            f"the new word {quoted(new_word)} is "
             f"{new_n} ({source_view.n_prompt_tokens} vs {target_view.n_prompt_tokens} prompt tokens); "
             "choose a replacement with the same token count"
         )
@@ -273,10 +329,10 @@ def steer_drop(
     RunSettings(seed, steps, guidance).validate()
     if mode not in ("remove", "zero"):
         raise ValueError(f"mode must be 'remove' or 'zero', got {mode!r}")
+    indices = word_token_indices(pipe.tokenizer, prompt, word, field="word to drop")
     kwargs = dict(capture=capture, height=height, width=width, negative_prompt=negative_prompt, lock=lock)
     if mode == "zero":
         return steer_reweight(pipe, prompt, word, 0.0, seed, steps, guidance, **kwargs)
-    indices = word_token_indices(pipe.tokenizer, prompt, word)
     edited_prompt = remove_word(prompt, word)
     base, base_att = _generate(pipe, [prompt], seed, steps, guidance, **kwargs)
     out, out_att = _generate(pipe, [edited_prompt], seed, steps, guidance, **kwargs)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from explain.diffusion.noising import strength_to_start_step
-from explain.engine.requests import RunSettings
+from explain.engine.requests import RunSettings, prompt_text
 from explain.usecases.inputs import native_size, resize, size_multiple, to_mask, to_rgb, working_size
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -185,9 +185,12 @@ def inpaint(
         lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
-        ValueError: Empty mask, mask of another aspect ratio, zero denoising steps, unreadable inputs.
+        ValueError: Empty mask, mask of another aspect ratio, zero denoising steps, a prompt longer than the
+            text encoder reads, unreadable inputs.
     """
     RunSettings(seed, steps, guidance).validate()
+    prompt_text(pipe.tokenizer, "prompt", prompt, required=False)  # refused, not cut, beyond the text encoder's slots
+    prompt_text(pipe.tokenizer, "negative prompt", negative_prompt, required=False)
     source, notes = to_rgb(image)
     binary, mask_notes = to_mask(mask, source.size)
     options = dict(
@@ -276,9 +279,11 @@ def outpaint(
     exactly.
 
     Raises:
-        ValueError: Nothing to extend, negative sides, a zoom-out leaving no content, bad inputs.
+        ValueError: Nothing to extend, negative sides, a zoom-out leaving no content, a too long prompt, bad inputs.
     """
     RunSettings(seed, steps, guidance).validate()
+    prompt_text(pipe.tokenizer, "prompt", prompt, required=False)
+    prompt_text(pipe.tokenizer, "negative prompt", negative_prompt, required=False)
     original, notes = to_rgb(image)
     notes = list(notes)
     sides = {"left": left, "right": right, "top": top, "bottom": bottom}

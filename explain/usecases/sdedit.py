@@ -31,7 +31,7 @@ from explain import world
 from explain.clip.model import load_clip
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.diffusion.noising import StrengthStart, strength_to_start_step
-from explain.engine.requests import RunSettings
+from explain.engine.requests import RunSettings, prompt_text, quoted
 from explain.usecases.inputs import resize, to_rgb, working_size
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -180,9 +180,10 @@ def _start(strength: float, steps: int, scheduler) -> StrengthStart:
     return start
 
 
-def _styled_prompt(prompt, style, style_image, clip, reader, notes: list[str]):
+def _styled_prompt(tokenizer, prompt, style, style_image, clip, reader, notes: list[str]):
     """(prompt with its style words, the words, CLIP's guess): explicit words, then those CLIP reads from
-    ``style_image``; notes added."""
+    ``style_image``; notes added. Refused (``ValueError``) when the text encoder cannot read all of it: the style
+    words come last, so a cut would drop them silently."""
     words = list(_as_words(style))
     guess = None
     if style_image is not None:
@@ -191,7 +192,10 @@ def _styled_prompt(prompt, style, style_image, clip, reader, notes: list[str]):
         notes.append(f"style image read by CLIP as: {', '.join(guess.words) or 'plain (no scene, no style)'}")
     if not prompt:
         notes.append("no content prompt: the U-Net sees only the style words; the content comes from the start latent")
-    return compose_prompt(prompt, words), words, guess
+    full_prompt = compose_prompt(prompt, words)
+    field = f"content prompt with the style words {quoted(', '.join(words))}" if words else "content prompt"
+    prompt_text(tokenizer, field, full_prompt, required=False)
+    return full_prompt, words, guess
 
 
 def _unclaimed(guessed: Sequence[str], words: Sequence[str]) -> list[str]:
@@ -242,13 +246,15 @@ def stylize(
         lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
-        ValueError: strength outside [0, 1] or rounding to zero denoising steps, no style at all, bad image.
+        ValueError: strength outside [0, 1] or rounding to zero denoising steps, no style at all, a prompt (with
+            its style words) longer than the text encoder reads, bad image.
     """
     RunSettings(seed, steps, guidance).validate()
     start = _start(strength, steps, pipe.scheduler)
     content, notes = to_rgb(image, "content image")
     notes = list(notes)
-    full_prompt, words, guess = _styled_prompt(prompt, style, style_image, clip, reader, notes)
+    full_prompt, words, guess = _styled_prompt(pipe.tokenizer, prompt, style, style_image, clip, reader, notes)
+    prompt_text(pipe.tokenizer, "negative prompt", negative_prompt, required=False)
     size, size_notes = working_size(pipe, content.size)
     notes += size_notes
     content = resize(content, size)

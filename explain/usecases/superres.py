@@ -21,7 +21,7 @@ from PIL import Image
 
 from explain.diffusion.geometry import Geometry
 from explain.diffusion.noising import ForwardSchedule, strength_to_start_step
-from explain.engine.requests import RunSettings
+from explain.engine.requests import RunSettings, prompt_text
 from explain.usecases.inputs import resize, to_rgb
 from explain.usecases.run import TaskResult, run_recorded
 
@@ -95,8 +95,9 @@ def back_project(image: Image.Image, low_res: Image.Image, iterations: int = 5) 
     return _pil(x)
 
 
-def _check_upscale(pipe, noise_level: int, samples: int, back_projection: int) -> None:
-    """ValueError unless ``pipe`` upscales and the noise level, sample count and back-projection are allowed."""
+def _check_upscale(pipe, prompts: tuple, noise_level: int, samples: int, back_projection: int) -> None:
+    """ValueError unless ``pipe`` upscales, the text encoder reads the (prompt, negative prompt) whole (refused, not
+    cut) and the noise level, sample count and back-projection are allowed."""
     if not isinstance(pipe, StableDiffusionUpscalePipeline):
         raise ValueError(f"upscale needs a StableDiffusionUpscalePipeline, got {type(pipe).__name__}")
     max_level = int(pipe.config.max_noise_level)
@@ -104,6 +105,8 @@ def _check_upscale(pipe, noise_level: int, samples: int, back_projection: int) -
         raise ValueError(f"noise_level must lie in 0..{max_level} (the pipeline's max_noise_level), got {noise_level}")
     if samples < 1 or back_projection < 0:
         raise ValueError(f"samples must be >= 1 and back_projection >= 0, got {samples} and {back_projection}")
+    for field, text in zip(("prompt", "negative prompt"), prompts, strict=True):
+        prompt_text(pipe.tokenizer, field, text, required=False)
 
 
 def _low_res_input(pipe, image) -> tuple[Image.Image, list[str]]:
@@ -156,10 +159,11 @@ def upscale(
         lock: Held for the pipeline call (the app's model lock; see :func:`explain.engine.run.recorded_run`).
 
     Raises:
-        ValueError: Not an upscaling pipeline, bad noise level or step count, unreadable image.
+        ValueError: Not an upscaling pipeline, bad noise level or step count, a prompt longer than the text
+            encoder reads, unreadable image.
     """
     RunSettings(seed, steps, guidance).validate()
-    _check_upscale(pipe, noise_level, samples, back_projection)
+    _check_upscale(pipe, (prompt, negative_prompt), noise_level, samples, back_projection)
     low, notes = _low_res_input(pipe, image)
     call = dict(
         prompt=prompt,

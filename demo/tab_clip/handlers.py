@@ -1,0 +1,147 @@
+"""The CLIP tab's handlers: plain methods of :class:`ClipTab`, testable without a server."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from demo.common import open_image, user_errors
+from demo.tab_clip import layout, views
+from demo.tab_clip.forms import DEFAULT_PROMPT, MAX_UPLOADS, MAX_WORLD, Batch, ClipRun, Loaded, TextStates, Tokens
+from explain.clip.contrastive import contrastive_step, text_hidden_states, zero_shot
+from explain.clip.tokens import tokenize_prompt
+from explain.clip.vocabulary import unknown_words, vocabulary_of
+from explain.io.figures import clip_logits_figure
+from explain.world import make_batch
+
+__all__ = ["ClipTab"]
+
+
+class ClipTab:
+    """Handlers (plain methods, testable without a server) and the layout of the CLIP tab."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def build(self) -> list:
+        """Create the tab's components and events (call inside ``gr.Tab``); returns the outputs of :meth:`on_load`."""
+        return layout.build(self)
+
+    # -- handlers ---------------------------------------------------------------------------------------------------
+    def _token_view(self, prompt: str, empty: str):
+        """The pipeline and the tokenisation of ``prompt`` (a gr.Error with ``empty`` when it is blank)."""
+        with user_errors():
+            if not prompt or not prompt.strip():
+                raise ValueError(empty)
+            pipe = self.engine.pipeline()
+            return pipe, tokenize_prompt(pipe.tokenizer, prompt)
+
+    def tokenize(self, prompt: str) -> Tokens:
+        """The 77 slots as coloured chips, a slot table (used slots) and a one-line summary."""
+
+        pipe, view = self._token_view(prompt, "The prompt is empty: type a sentence to tokenise.")
+        unknown = unknown_words(view, vocabulary_of(pipe.text_encoder))
+        tokens = Tokens(views.slot_strip(view, unknown), views.slot_rows(view), views.token_summary(view, unknown))
+        if view.truncated:
+            gr.Warning(f"The prompt is too long: {len(view.truncated)} tokens are cut off.")
+        return tokens
+
+    def _world(self, n: int, seed: int):
+
+        with user_errors():
+            if not 1 <= int(n) <= MAX_WORLD:
+                raise ValueError(f"choose 1 to {MAX_WORLD} world samples (got {n})")
+            return make_batch(int(n), int(seed), size=self.engine.clip().image_size)
+
+    def sample_batch(self, n: int, seed: int) -> Batch:
+        """World samples as a gallery and their true captions (one per line)."""
+        scenes = self._world(n, seed)
+        gallery = [(s.image, f"I{k + 1}: {s.caption}") for k, s in enumerate(scenes)]
+        return Batch(gallery, "\n".join(s.caption for s in scenes))
+
+    def _pairs(self, n: int, seed: int, uploads: list[str] | None, texts: str) -> tuple[list, list[str]]:
+        """The batch's images (world samples, then uploads) and one caption per image (default: the true ones)."""
+        scenes = self._world(n, seed)
+        uploads = list(uploads or [])
+        if len(uploads) > MAX_UPLOADS:
+            raise gr.Error(f"At most {MAX_UPLOADS} uploaded images (got {len(uploads)}).")
+        images = [Image.fromarray(s.image) for s in scenes] + [open_image(p, "uploaded image") for p in uploads]
+        lines = [t.strip() for t in (texts or "").splitlines() if t.strip()]
+        if not lines:
+            if uploads:
+                raise gr.Error("Type one caption per line: one for each world sample, then one for each upload.")
+            lines = [s.caption for s in scenes]
+        if len(lines) != len(images):
+            raise gr.Error(
+                f"{len(images)} images but {len(lines)} captions: give exactly one caption per line per image."
+            )
+        return images, lines
+
+    def run_clip(
+        self, n: int, seed: int, uploads: list[str] | None, texts: str, override: bool, scale: float
+    ) -> ClipRun:
+        """The seed's CLIP pseudocode on (world samples + uploads) x texts; every intermediate shown."""
+
+        images, lines = self._pairs(n, seed, uploads, texts)
+        if override and not scale > 0:
+            raise gr.Error("exp(t) must be > 0.")
+        bundle = self.engine.clip()
+        with user_errors():
+            batch = torch.stack([bundle.preprocess(im) for im in images])  # [n, 3, S, S]
+            result = contrastive_step(
+                bundle.model, batch, bundle.tokenizer(lines), temperature_override=1.0 / scale if override else None
+            )
+        n_pairs = len(images)
+        side = bundle.image_size
+        thumbs = [np.asarray(im.resize((side, side)), dtype=np.float32) / 255.0 for im in images]
+        figure = clip_logits_figure(
+            result.logits.cpu().numpy(),
+            [f"I{k + 1}" for k in range(n_pairs)],
+            [f"T{k + 1}: {views.short(t)}" for k, t in enumerate(lines)],
+            images=thumbs,
+            title=f"logits = I_e · T_eᵀ × exp(t) = {result.logit_scale:.1f}   (matched pairs boxed)",
+        )
+        return ClipRun(
+            figure=figure,
+            code=views.pseudocode(result, n_pairs, override),
+            image_to_text=views.softmax_table(result.probs_image_to_text),
+            text_to_image=views.softmax_table(result.probs_text_to_image),
+            loss=views.loss_summary(result, n_pairs),
+        )
+
+    def zero_shot(self, image, classes: str) -> dict[str, float]:
+        """Zero-shot classification: softmax over the candidate captions of exp(t)·cos(I_e, T_e)."""
+
+        if image is None:
+            raise gr.Error("Upload an image (or click a preset) to classify.")
+        labels = [c.strip() for c in (classes or "").splitlines() if c.strip()]
+        if len(labels) < 2:
+            raise gr.Error("Give at least two candidate captions, one per line.")
+        bundle = self.engine.clip()
+        with user_errors():
+            scores = zero_shot(bundle.model, bundle.tokenizer, image, labels, preprocess=bundle.preprocess)
+        return dict(scores)
+
+    def text_states(self, prompt: str) -> TextStates:
+        """Per-token hidden states (what the U-Net attends to) vs the pooled EOS vector (what CLIP's loss sees)."""
+
+        pipe, view = self._token_view(prompt, "The prompt is empty.")
+        bundle = self.engine.clip()
+        states = text_hidden_states(bundle.model, bundle.tokenizer([prompt]))
+        pooled = int(states.pooled_index[0])
+        return TextStates(
+            text=views.text_state_summary(states.shapes, pooled, pipe.unet.config.cross_attention_dim),
+            states=views.text_state_rows(view, states.slot_norms[0], pooled),
+        )
+
+    def on_load(self) -> Loaded:
+        """What the tab shows when the page opens: the default prompt tokenised, a batch of 4 through CLIP."""
+        parts = (
+            self.tokenize(DEFAULT_PROMPT),
+            self.sample_batch(4, 0),
+            self.run_clip(4, 0, None, "", False, 10),
+            self.text_states(DEFAULT_PROMPT),
+        )
+        return Loaded(**{name: value for part in parts for name, value in part._asdict().items()})

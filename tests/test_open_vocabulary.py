@@ -1,0 +1,81 @@
+"""Open-vocabulary attention maps (OVAM) on a tiny SD-1 pipeline: image unchanged, parity with the prompt's own
+maps when the attribution text is the prompt, maps for words that are not in the prompt."""
+
+import pytest
+import torch
+from tiny_pipelines import build_sd1, single_thread
+
+from explain.capture.open_vocabulary import OpenVocabularyRecorder, attribution_states
+from explain.capture.recorder import AttentionRecorder
+from explain.capture.swap import compose_callbacks
+from explain.clip.tokens import tokenize_prompt
+from explain.maps.aggregation import aggregate
+
+PROMPT = "a ginormous red cube"
+STEPS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    pipe = build_sd1(tmp_path_factory.mktemp("sd1"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, callback=None, guidance=7.5):
+    generator = torch.Generator().manual_seed(0)
+    out = pipe(
+        PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        generator=generator,
+        output_type="pt",
+        callback_on_step_end=callback,
+    )
+    return out.images
+
+
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_the_image_is_unchanged_and_the_prompt_itself_gives_the_prompts_maps(pipe, guidance):
+    plain = generate(pipe, guidance=guidance)
+    before = dict(pipe.unet.attn_processors)
+    ovam = OpenVocabularyRecorder(pipe, PROMPT)  # attribution text = the prompt: c' = the prompt's states
+    prompt_maps = AttentionRecorder(pipe, token_count=tokenize_prompt(pipe.tokenizer, PROMPT).n_used)
+    with ovam, prompt_maps:  # nested: the prompt's recorder wraps the OVAM processors, each runs the installed one
+        both = generate(pipe, compose_callbacks(ovam.callback_on_step_end, prompt_maps.callback_on_step_end), guidance)
+    assert torch.equal(plain, both)
+    assert all(before[key] is processor for key, processor in pipe.unet.attn_processors.items())
+    reference, open_maps = prompt_maps.result(), ovam.result()
+    assert open_maps.layer_names == reference.layer_names and open_maps.timesteps == reference.timesteps
+    assert open_maps.guided == (guidance > 1)
+    for name in reference.layer_names:  # float16 maps: equal up to storage rounding
+        torch.testing.assert_close(open_maps.maps[name].float(), reference.maps[name].float(), atol=2e-3, rtol=0)
+
+
+def test_words_that_are_not_in_the_prompt_get_their_own_maps(pipe):
+    text = "blue sphere tree"
+    with OpenVocabularyRecorder(pipe, text) as ovam:
+        image = generate(pipe, ovam.callback_on_step_end)
+    assert torch.equal(image, generate(pipe))
+    maps = aggregate(ovam.result(), ovam.view)
+    assert maps.words == ("blue", "sphere", "tree")
+    assert maps.word_maps.shape == (3, 128, 128) and torch.isfinite(maps.word_maps).all()
+    for i in range(3):
+        for j in range(i):
+            assert not torch.allclose(maps.word_maps[i], maps.word_maps[j])
+
+
+def test_given_states_are_used_instead_of_the_text_encoder(pipe):
+    states = attribution_states(pipe, "red")
+    assert states.shape == (1, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+    with OpenVocabularyRecorder(pipe, "red", states=torch.zeros_like(states)) as ovam:
+        generate(pipe, ovam.callback_on_step_end)
+    captured = ovam.result()  # zero keys: every key ties, uniform over the 77 slots; the 3 kept columns hold 3/77
+    for maps in captured.maps.values():
+        torch.testing.assert_close(maps.float(), torch.full_like(maps.float(), 1 / 77), atol=1e-3, rtol=0)
