@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -14,8 +15,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Stable Diffusion Attention Explorer (a Gradio app).")
     parser.add_argument("--model", default=None, help="diffusers directory or Hub id (default: the embedded model)")
     parser.add_argument("--share", action="store_true", help="also serve a public *.gradio.live link")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    # A Hugging Face Space (and Docker images) set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT: follow them by default.
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    parser.add_argument("--host", default=host, help="address to listen on (0.0.0.0: the whole network)")
+    parser.add_argument("--port", type=int, default=port, help="port (0: any free port)")
     parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     try:
         if args.model is not None:
             engine.pipeline()  # a checkpoint of your own: fail now, with the reason, rather than on first use
-        demo = build_demo(engine)
+        demo = build_demo(engine, shared=args.share or "SPACE_ID" in os.environ)  # a public link or a Space
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -84,4 +88,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from demo.exiting import exit_process
+
+    exit_process(main())  # after the app's cleanup: a stuck server thread cannot keep the process alive

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -89,12 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {"diffusers": diffusers.__version__, "torch": torch.__version__, "steps": args.steps, "runs": []}
+    results["cpu_count"] = os.cpu_count()
+    results["load_average_start"] = list(os.getloadavg())  # 1, 5, 15 min: how shared the machine was
     with tempfile.TemporaryDirectory() as root:
         for name, build in (("sd3", build_sd3), ("flux", build_flux)):
             pipe = build(Path(root) / name)
             pipe.set_progress_bar_config(disable=True)
             for mode in args.modes.split(","):
-                results["runs"].append({"pipeline": name, **_bench(pipe, mode, args.rounds, args.steps)})
+                run = {"pipeline": name, "rounds": args.rounds, **_bench(pipe, mode, args.rounds, args.steps)}
+                results["runs"].append(run)
+    results["load_average_end"] = list(os.getloadavg())
     text = json.dumps(results, indent=2)
     print(text)
     if args.out is not None:

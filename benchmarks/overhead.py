@@ -7,12 +7,13 @@ Tool side: all-step capture of the prompt's tokens in every cross-attention laye
 included), then the word's DAAM map (:func:`explain.maps.aggregation.aggregate`), timed inside the tool's cost.
 
 Run: ``python -m benchmarks.overhead [--repeats 5] [--steps 25] [--threads 1] [--out FILE]``; writes
-``benchmarks/results/overhead_explain.json`` by default.
+``benchmarks/results/overhead_explain.json`` by default (the 2-thread run: ``overhead_explain_2threads.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = pipe(
                 prompt, generator=generator, output_type="np", callback_on_step_end=rec.callback_on_step_end, **call
             )
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         captured = rec.result()
         maps = aggregate(captured, view)  # every step, layer and head: DAAM's word maps
         word_map = maps.word_maps[[w.lower() for w in maps.words].index(word)]
-        maps_s = time.perf_counter() - start
+        maps_s, maps_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         return to_uint8(out.images[0]), {
             "word": word,
             "heat_map_shape": list(word_map.shape),
@@ -60,10 +61,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "layers": len(captured.layer_names),
             "steps": captured.n_steps,
             "maps_s": maps_s,
+            "maps_cpu_s": maps_cpu_s,  # CPU seconds of all threads (robust to other processes on the cores)
         }
 
+    load_start = os.getloadavg()[0]
     result = run_benchmark(plain, tool, args.repeats)
     header = {"tool": "explain (this project)", "tool_version": "main", "diffusers_version": diffusers.__version__}
+    header["load_average_start_end"] = [load_start, os.getloadavg()[0]]  # other work on the cores (1-min average)
     write_result(args.out, args, header, result)
     return result
 

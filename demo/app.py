@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import socket
 import tempfile
 
@@ -13,12 +11,14 @@ from starlette.middleware import Middleware
 
 from demo.cache import MemoryPolicy, UploadLimits, UploadQuota, cache_cleanup, delete_old_files
 from demo.common import CSS, MAX_FILE_SIZE, MODEL_CONCURRENCY, TAB_IDS, theme
+from demo.exiting import remove_at_exit
 from demo.guard import guard
 from demo.tab_attend import AttendTab
 from demo.tab_clip import ClipTab
 from demo.tab_noise import NoiseTab
 from demo.tab_steer import SteerTab
 from demo.tab_usecases import UseCasesTab
+from explain.engine.requests import MAX_STEPS
 from explain.engine.session import Engine
 
 __all__ = [
@@ -76,7 +76,16 @@ def launch_options(
     return options
 
 
-def build_demo(engine=None) -> gr.Blocks:
+def shared_note(limits) -> str:
+    """The header's line for a public link or a Space: what a visitor shares with the others."""
+    side = limits.size.max_side
+    return (
+        f"Shared app: one generation runs at a time and others wait in a queue of at most {QUEUE_MAX_SIZE}; "
+        f"up to {MAX_STEPS} steps and {side} px a side; uploads and results are deleted when the app stops."
+    )
+
+
+def build_demo(engine=None, shared: bool = False) -> gr.Blocks:
     """The app on ``engine`` (an :class:`explain.engine.session.Engine`; default: the embedded model).
 
     Building reads only config files (image-size limits, the chain length T); weights load on first use, or
@@ -88,15 +97,17 @@ def build_demo(engine=None) -> gr.Blocks:
     engine = engine if engine is not None else Engine()
     if "GRADIO_EXAMPLES_CACHE" not in os.environ:  # the app's own folder: it goes when the process ends
         examples = tempfile.mkdtemp(prefix="sd-explorer-examples-")
-        atexit.register(shutil.rmtree, examples, True)
+        remove_at_exit(examples)
         os.environ["GRADIO_EXAMPLES_CACHE"] = examples
     limits = engine.limits()  # from config files: the weights load later (Engine.start_warm_up / first use)
     model = engine.model or "the embedded tiny shapes model"
+    note = f"\n\n*{shared_note(limits)}*" if shared else ""
     attend = AttendTab(engine)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
             f"# {TITLE}\nHow a text prompt becomes a picture, one step at a time. Model: **{model}** "
             f"({limits.size.default_hw[0]} × {limits.size.default_hw[1]} px). Each tab starts with a short lesson; every view explains itself."
+            f"{note}"
         )
         clip, noise = ClipTab(engine), NoiseTab(engine)
         with gr.Tabs() as tabs:

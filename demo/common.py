@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from demo.exiting import remove_at_exit
 from demo.guard import MAX_UPLOAD_SIDE, check_image_file, check_number  # re-exported: the checks live in demo/guard.py
 from demo.guard import guard as check_inputs
 from explain.engine.requests import MAX_SEED
@@ -37,6 +37,8 @@ __all__ = [
     "MAX_UPLOAD_SIDE",
     "PLOT_FORMAT",
     "IMAGE_FORMAT",
+    "session_id",
+    "SessionStops",
 ]
 
 TAB_IDS = ("clip", "noise", "attend", "steer", "usecases")  # tab ids, also the ?tab= values of permalinks
@@ -143,7 +145,7 @@ class _ExportFolders:
         with self._lock:
             if self._root is None or not self._root.is_dir():
                 self._root = Path(tempfile.mkdtemp(prefix="sd-explorer-"))
-                atexit.register(shutil.rmtree, self._root, True)
+                remove_at_exit(self._root)
             return self._root
 
     def new(self) -> Path:
@@ -168,3 +170,41 @@ def export_dir() -> Path:
 def export_root() -> Path:
     """The folder that holds every export folder of this process."""
     return _EXPORTS.root()
+
+
+def session_id(request) -> str:
+    """The browser session of a request (``"local"`` when a handler is called without one)."""
+    return getattr(request, "session_hash", None) or "local"
+
+
+class SessionStops:
+    """One stop flag per session for a tab's running stream: its Stop button sets the flag of its own session.
+
+    The stream checks the flag between steps and ends after the current one (as tab 3's generation does).
+    """
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        """A fresh flag for ``session``'s new run (a previous run of the session keeps its own)."""
+        flag = threading.Event()
+        with self._lock:
+            self._flags[session] = flag
+        return flag
+
+    def finish(self, session: str, flag: threading.Event) -> None:
+        """Forget ``flag`` once its run ended (unless a newer run of the session replaced it)."""
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
+    def stop(self, session: str) -> bool:
+        """Set ``session``'s flag; False when nothing of the session is running."""
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True

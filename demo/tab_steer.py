@@ -1,4 +1,5 @@
-"""Tab 4, Steer with words: prompt-to-prompt edits (re-weight, swap, drop) and a guidance-scale sweep, same seed."""
+"""Tab 4, Steer with words: prompt-to-prompt edits (re-weight, swap, drop), a guidance-scale sweep, and the causal
+check of a word's map (delete the word: does the image change where its map points?), same seed."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import gradio as gr
+import numpy as np
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, seed_input, user_errors
 from explain.clip.vocabulary import prompt_unknown_words, unknown_words_message
 from explain.engine.requests import MAX_GUIDANCE, MAX_STEPS, GenerationRequest, guidance_scales
 from explain.engine.session import request_pipeline
+from explain.maps.score import DAAM_TAU
+from explain.steering.causal import delete_word
 from explain.steering.edits import MAX_WEIGHT
 from explain.steering.experiments import guidance_sweep, steer_drop, steer_reweight, steer_swap, word_overlays
 
-__all__ = ["SteerTab", "Steered"]
+__all__ = ["SteerTab", "Steered", "Causal"]
 
 DIFF_GAIN = 3  # differences are faint: shown x3
 DEFAULT_PROMPT = "a big red circle on the left and a small blue triangle on the right"
@@ -26,6 +30,16 @@ class Steered(NamedTuple):
 
     images: list
     maps: list
+    summary: str
+
+
+class Causal(NamedTuple):
+    """The causal check: the images and the change beside the word's map, and the numbers."""
+
+    images: list
+    correlation: float | None
+    inside: float | None
+    outside: float | None
     summary: str
 
 
@@ -156,6 +170,22 @@ class SteerTab:
             strip = guidance_sweep(pipe, request.prompt, request.seed, values, request.steps, lock=self.engine.lock)
         return [(image, f"guidance {scale:g}" + (" (off)" if scale <= 1 else "")) for scale, image in strip]
 
+    def causal(self, prompt, word, mode, tau, seed, steps, guidance) -> Causal:
+        """Same seed, the word deleted: where did the image change, against the word's thresholded map?"""
+
+        request, pipe = self._checked(prompt, seed, steps, guidance)
+        run = (request.prompt, word or "", mode, request.seed, request.steps, request.guidance)
+        with user_errors():  # the library call holds the engine's lock for each pipeline run
+            r = delete_word(pipe, *run, tau=float(tau), lock=self.engine.lock)
+        images = [(r.baseline, "with the word"), (r.edited, f"without “{r.word}”"), (r.change_image(), "change")]
+        images += [(r.map_overlay(), f"“{r.word}”'s map"), (r.word_mask.astype(np.uint8) * 255, f"map > {r.tau:g}")]
+        summary = (
+            f"Change inside the mask: **{_shown(r.share_inside)}** of the total, on {r.mask_area:.1%} of the pixels "
+            f"(concentration ×{_shown(r.concentration, '.1f')}); r(change, map) = {_shown(r.correlation)}. A "
+            "faithful map: far more than its area's share of the change lies inside it."
+        )
+        return Causal(images, r.correlation, r.share_inside, r.share_outside, summary)
+
     # -- layout -----------------------------------------------------------------------------------------------------
 
     def build(self) -> None:
@@ -171,6 +201,7 @@ class SteerTab:
         self._build_reweight(ui)
         self._build_swap(ui)
         self._build_drop(ui)
+        self._build_causal(ui)
         self._build_sweep(ui)
 
     def _build_reweight(self, ui: Shared) -> None:
@@ -252,6 +283,35 @@ class SteerTab:
                 ["delete 'blue'", "'blue' attention ×0"],
             )
 
+    def _build_causal(self, ui: Shared) -> None:
+        """Delete the word, same seed: is the change where the word's map points?"""
+        with gr.Tab("Causal check of a map"):
+            with gr.Row():
+                word = gr.Textbox("triangle", label="Word to drop")
+                mode = gr.Radio(
+                    [("delete it from the text", "remove"), ("attention ×0", "zero")], value="remove", label="How"
+                )
+                tau = gr.Slider(0.05, 0.95, value=DAAM_TAU, step=0.05, label="Mask threshold τ")
+                run = gr.Button("Check", variant="primary", elem_id="steer-causal")
+            with gr.Row():
+                images = _gallery("With, without, the change, the word's map and mask", 5, height=260, scale=4)
+                with gr.Column(scale=1):
+                    correlation = gr.Number(label="r(change, map)", interactive=False)
+                    inside = gr.Number(label="Share of the change inside the mask", interactive=False)
+                    outside = gr.Number(label="Share outside", interactive=False)
+            summary = gr.Markdown()
+            explain(
+                "A map says *these pixels listen to the word*. The causal test: make the same picture without the "
+                "word and see where it changes. If the map is faithful, the change gathers inside its mask."
+            )
+            run.click(
+                self.causal,
+                [ui.prompt, word, mode, tau, *ui.common],
+                [images, correlation, inside, outside, summary],
+                api_name="causal_check",
+                concurrency_id=MODEL_CONCURRENCY,
+            )
+
     def _build_sweep(self, ui: Shared) -> None:
         """The same seed under several guidance scales."""
         with gr.Tab("Guidance sweep"):
@@ -259,15 +319,7 @@ class SteerTab:
                 gs_scales = gr.Textbox("1, 3, 7.5, 12", label="Guidance scales (comma separated)")
                 gs_btn = gr.Button("Sweep", variant="primary")
             with gr.Row():
-                gs_strip = gr.Gallery(
-                    elem_classes=["pixels"],
-                    label="Same seed, growing guidance",
-                    columns=4,
-                    height=260,
-                    format=IMAGE_FORMAT,
-                    object_fit="contain",
-                    scale=4,
-                )
+                gs_strip = _gallery("Same seed, growing guidance", 4, height=260, scale=4)
                 with gr.Column(scale=1):
                     explain(
                         "Guidance 1 is the plain model. Higher guidance follows the prompt harder (cleaner shapes, "
@@ -286,28 +338,24 @@ class SteerTab:
             )
 
 
+def _shown(value: float | None, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _gallery(label: str, columns: int, **kwargs) -> gr.Gallery:
+    """An image gallery of this tab (pixel-exact, PNG)."""
+    return gr.Gallery(
+        elem_classes=["pixels"], label=label, columns=columns, format=IMAGE_FORMAT, object_fit="contain", **kwargs
+    )
+
+
 def _results_row(note: str, key: str) -> list:
     """One experiment's outputs: the images side by side, the word's maps before and after, a summary."""
     with gr.Row():
         with gr.Column(scale=3):
-            images = gr.Gallery(
-                elem_classes=["pixels"],
-                label="Same seed, side by side",
-                elem_id=f"steer-{key}-images",
-                columns=3,
-                height=280,
-                format=IMAGE_FORMAT,
-                object_fit="contain",
-            )
+            images = _gallery("Same seed, side by side", 3, height=280, elem_id=f"steer-{key}-images")
         with gr.Column(scale=2):
-            maps = gr.Gallery(
-                elem_classes=["pixels"],
-                label="The word's attention, before and after",
-                columns=2,
-                height=280,
-                format=IMAGE_FORMAT,
-                object_fit="contain",
-            )
+            maps = _gallery("The word's attention, before and after", 2, height=280)
         with gr.Column(scale=1):
             summary = gr.Markdown()
             explain(note)

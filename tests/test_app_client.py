@@ -1,6 +1,5 @@
 """The app served in-process and driven through gradio_client, endpoint by endpoint (embedded model)."""
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,21 +11,6 @@ from PIL import Image
 
 PROMPT = "a big red circle on the left and a small blue triangle on the right"
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def url(tmp_path_factory, engine):
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
-    from demo.app import serve_local
-
-    demo, local_url = serve_local(engine)
-    yield local_url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +59,10 @@ def test_api_names(client):
         "/stylize",
         "/inpaint",
         "/outpaint",
+        "/clip_train",  # the classroom endpoints (tests/test_app_classroom.py)
+        "/score_map",
+        "/guidance_parts",
+        "/causal_check",
     }
 
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, HeunDiscreteScheduler, StableDiffusionPipeline
-from tiny_pipelines import build_sd1, single_thread
 
 from explain.capture.film import initial_noise
 from explain.capture.recorder import AttentionRecorder
@@ -15,17 +14,7 @@ PROMPT = "a ginormous red cube"
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    pipe = build_sd1(tmp_path_factory.mktemp("sd1"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def with_scheduler(pipe, scheduler_class):
@@ -116,7 +105,10 @@ def test_probabilities_match_diffusers_attention_scores(pipe):
         pipe.unet.set_attn_processor(originals)
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
     expected = torch.stack(reference[name])  # (calls, 2B, N, 77) with [uncond, cond]
-    cond = expected[:, 1:]  # (steps, 1, N, 77): one U-Net call per step
+    calls = expected[:, 1:]  # (calls, 1, N, 77): the cond half
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and len(calls) == len(pipe.scheduler.timesteps)
+    # PNDM: call 0 is the PLMS warm-up of step 0 and is averaged with call 1; then one call per step
+    cond = torch.cat([calls[:2].mean(0, keepdim=True), calls[2:]])  # (steps, 1, N, 77)
     h, w = captured.layer_resolutions[name]
     got = captured.maps[name].float()  # (steps, 1, 77, h, w)
     torch.testing.assert_close(got, cond.transpose(-1, -2).unflatten(-1, (h, w)), atol=2e-3, rtol=2e-3)

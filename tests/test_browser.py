@@ -30,6 +30,8 @@ INPAINT_STEPS = 3  # enough to see a fill; the UI default is 20
 TIMEOUT_MS = 90_000  # a loaded 2-core machine can be slow; the steps below take seconds when idle
 LONG_RUN = 150  # steps of the run that Stop interrupts
 RETRIES, RETRY_MS = 6, 10_000
+LIVE_STEPS = 20  # live CLIP steps: a few frames of the matrix turning diagonal
+PROMPT = "a big red circle on the left and a small blue triangle on the right"
 TABS = {
     "clip": "1 · Prompt → CLIP",
     "noise": "2 · Forward noising",
@@ -199,3 +201,66 @@ def test_usecases_tab_paint_a_mask_and_inpaint(page, shots):
     page.locator("#inpaint-maps img").nth(2).wait_for()  # one overlay per word
     assert "pixels filled" in page.locator("#inpaint-summary").inner_text()
     page.screenshot(path=shots / "5_usecases.png", full_page=True)
+
+
+SCORED = "() => document.querySelector('#attend-score-summary')?.innerText.includes('Leaderboard: place')"
+
+
+def _paint_left_half(page, editor) -> None:
+    """A zigzag brush stroke over the left of the editor's canvas (where the prompt puts the circle)."""
+    editor.locator("canvas").first.scroll_into_view_if_needed()
+    for _ in range(30):  # the drawing tools show once the image is on the canvas
+        editor.get_by_role("button", name="Brush", exact=True).click()
+        if editor.get_by_role("button", name="Brush Size").count():
+            break
+        page.wait_for_timeout(1000)
+    box = editor.locator("canvas").first.bounding_box()
+    assert box is not None and box["width"] > 50
+    x0, y0 = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.4
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, 9):
+        page.mouse.move(x0 + (i % 2) * box["width"] * 0.2, y0 + i * box["height"] * 0.03, steps=4)
+    page.mouse.up()
+
+
+def test_train_clip_live_then_paint_a_mask_and_score_it(page, shots):
+    """Tab 1: a few live CLIP steps; tab 3: generate, the masks follow the threshold, paint a mask, read a score."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    _open(page, "clip")
+    steps = page.locator("#clip-live-steps input[type=number]")
+    steps.fill(str(LIVE_STEPS))
+    steps.press("Tab")
+    page.locator("#clip-live-train").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#clip-live-status')?.innerText.includes('Step {LIVE_STEPS} / {LIVE_STEPS}')"
+    )
+    page.locator("#clip-live-matrix img").first.wait_for()
+    page.screenshot(path=shots / "1_clip_live.png", full_page=True)
+
+    _open(page, "attend")
+    page.locator("#attend-prompt textarea").fill(PROMPT)
+    steps = page.locator("#attend-steps input[type=number]")
+    steps.fill("4")
+    steps.press("Tab")
+    page.locator("#attend-generate").click()
+    page.locator("#status").get_by_text("Done: 4 steps").wait_for()
+    # the first view follows the threshold slider (0.4): this run's masks; the editor got its image before them
+    page.locator("#attend-masks").get_by_text("“triangle”").wait_for()
+    word = page.locator("#attend-word input")
+    word.fill("circle")
+    word.press("Enter")
+    for _ in range(RETRIES):  # the editor may still be loading the new image: a stroke on the old canvas is lost
+        _paint_left_half(page, page.locator("#attend-score-editor"))
+        page.locator("#attend-score").click()
+        try:
+            page.wait_for_function(SCORED, timeout=RETRY_MS)
+            break
+        except PlaywrightTimeout:
+            continue
+    page.wait_for_function(SCORED)
+    summary = page.locator("#attend-score-summary").inner_text()
+    assert "IoU of your painting with “circle”" in summary and "Leaderboard: place 1 of 1" in summary, summary
+    assert 0.0 <= float(page.locator("#attend-score-iou input").input_value()) <= 1.0
+    page.screenshot(path=shots / "3_attend_score.png", full_page=True)

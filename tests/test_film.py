@@ -169,6 +169,27 @@ def test_heun_records_one_frame_per_step(pipe):
     assert all(f.source == "latents" and f.x0 is None for f in frames)
 
 
+@pytest.mark.parametrize("scheduler_class", [PNDMScheduler, HeunDiscreteScheduler])
+def test_each_step_is_shown_once_with_its_own_timestep(pipe, scheduler_class):
+    """PNDM's PLMS start repeats a timestep and Heun's last step is a lone Euler call: the film still shows steps
+    1..N, each once, each at the timestep it starts from (was: PNDM "step 2/4 (t = 334)", "step 3/4 (t = 334)")."""
+    from explain.diffusion.steps import StepPlan
+
+    config = (
+        {**SD_SCHEDULER_CONFIG, "skip_prk_steps": True} if scheduler_class is PNDMScheduler else pipe.scheduler.config
+    )
+    other = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler_class.from_config(config)})
+    other.set_progress_bar_config(disable=True)
+    film, _ = generate_with_film(other, steps=3)
+    frames = film.frames()
+    assert [f.step for f in frames] == [0, 1, 2]
+    shown = [f.timestep for f in frames]
+    assert len(set(shown)) == 3 and shown == sorted(shown, reverse=True)
+    calls = [float(t) for t in other.scheduler.timesteps]  # PNDM: [666, 333, 333, 0]; Heun: 5 calls
+    assert len(calls) > 3 and shown[0] == calls[0]
+    assert StepPlan.of(other.scheduler).total == 3
+
+
 def test_film_requires_latents_in_callback(pipe):
     film = FilmRecorder(pipe)
     with pytest.raises(KeyError, match="latents"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from explain.joint import JointAttentionRecorder, JointCapture, LayerKind, Normalization, held_bytes, text_layout
-from explain.joint.capture import Branch
+from explain.joint.capture import Branch, family_of, joint_layers, layer_kind
 from tests.tiny_mmdit import TINY_HW, TINY_T5_SLOTS, generate, reloaded
 
 PROMPT = "a red cube on the grass"
@@ -51,6 +51,29 @@ def test_capture_keeps_the_image_bit_identical_and_restores_processors(pipes, ki
     assert set(maps.kinds.values()) == expected_kinds
     if kind != "flux":  # SD3.5's image-only attn2 is not a joint layer
         assert not any(name.endswith("attn2") for name in maps.layer_names)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_the_one_walk_finds_the_joint_layers_of_the_processor_api(pipes, kind):
+    """JointCapture walks the module tree once and calls each joint layer's ``set_processor``: the layers it finds are
+    the ``attn_processors`` keys whose module has text projections (Flux: or is single-stream), in that order, and
+    while it is open exactly those processors are swapped (SD3.5's image-only attn2 keeps its own)."""
+    pipe = pipes[kind]
+    before = dict(pipe.transformer.attn_processors)
+    expected = [
+        key.removesuffix(".processor")
+        for key in before
+        if layer_kind(pipe.transformer, family_of(pipe), key.removesuffix(".processor")) is not None
+    ]
+    assert list(joint_layers(pipe)) == expected
+    with JointCapture(pipe) as capture:
+        during = dict(pipe.transformer.attn_processors)
+        assert list(capture.layers) == expected
+    for key, processor in during.items():
+        swapped = key.removesuffix(".processor") in expected
+        assert (processor is not before[key]) == swapped
+        assert not swapped or processor.original is before[key]
+    assert all(before[key] is proc for key, proc in pipe.transformer.attn_processors.items())
 
 
 def test_processors_are_restored_when_generation_raises(pipes):

@@ -105,3 +105,16 @@ def test_concept_stream_mirrors_the_models_text_stream(pipes, kind):
         expected = o_text.float() @ o_image.float().transpose(-1, -2)  # (B, T, N): φ with o_c = o_text
         ours = maps.scores[name][step][:, 0].flatten(-2)  # (B, C = T, N)
         torch.testing.assert_close(ours, expected, rtol=2e-3, atol=2e-4)
+
+
+def test_the_stream_stops_after_the_last_recorded_layer_without_changing_its_scores(pipes):
+    """With ``layers=`` the concept stream runs only up to the last recorded block (later blocks would update a
+    stream no φ reads); the recorded block's φ is bitwise the one of a recorder that runs through every block."""
+    pipe = pipes["flux"]
+    every, first = _concepts(pipe), _concepts(pipe, layers=["transformer_blocks.0.attn"])
+    with JointCapture(pipe, every, first):
+        generate(pipe, PROMPT)
+        assert first._stream is None and first._last == "transformer_blocks.0.attn"
+    every, first = every.result(), first.result()
+    assert first.layer_names == ("transformer_blocks.0.attn",)
+    assert torch.equal(first.scores["transformer_blocks.0.attn"], every.scores["transformer_blocks.0.attn"])

@@ -31,6 +31,16 @@ def test_judged_mask_overlaps_the_true_mask():
     assert iou > 0.7
 
 
+@pytest.mark.parametrize("prompt", [true for true, _ in CASES if "balloon" not in true])
+def test_a_blob_in_the_right_place_is_not_the_thing(prompt):
+    """What an undertrained model draws (the CPU checkpoints: brown sprite-shaped blobs where the things belong)
+    must fail, as the true render of the same scene passes."""
+    rng = np.random.default_rng(3)
+    r = emoji.render(emoji.parse_prompt(prompt), emoji.IMAGE_SIZE, rng)
+    assert judge_emoji.judge(r.image, prompt).ok
+    assert not judge_emoji.judge(judge_emoji.blob(r, rng), prompt).ok
+
+
 def test_a_blank_canvas_shows_nothing():
     blank = np.full((128, 128, 3), emoji.BACKGROUND, np.uint8)
     v = judge_emoji.judge(blank, "a cat")

@@ -43,6 +43,7 @@ SIZE = 32  # px: the smallest multiple of 16 that still has a 2x2 cross-attentio
 CACHE_POLICY = (1, 4)  # cache cleanup (every, older than) in seconds, short enough to watch it work
 SEQUENTIAL_RUNS = 100
 CONCURRENT_CLIENTS = 20
+CLIENT_TIMEOUT_S = 600  # a request the server never answers fails the test instead of hanging the suite
 
 
 @dataclass
@@ -552,20 +553,23 @@ def test_twenty_clients_at_once_get_their_own_results(served):
         (f"a {COLORS[i % 5]} {SHAPES[i % 4]} on the left", 100 + i, SCHEDULERS[i % 5])
         for i in range(CONCURRENT_CLIENTS)
     ]
-    start = threading.Barrier(CONCURRENT_CLIENTS)
+    clients = [Client(served.url, verbose=False) for _ in requests]  # one client = one browser session
+    start = threading.Barrier(CONCURRENT_CLIENTS, timeout=CLIENT_TIMEOUT_S)  # a failed thread breaks it: no hang
 
-    def run(request):
+    def run(client, request):
         prompt, seed, scheduler = request
-        client = Client(served.url, verbose=False)  # one client = one browser session
-        start.wait()
-        image, status, gallery, *_ = client.predict(
-            *_gen(prompt, seed=seed, scheduler=scheduler), api_name="/generate"
-        )
-        maps = client.predict(0, True, [], [], [], "minmax", 0, True, api_name="/maps")  # this session's result
-        return np.asarray(Image.open(image).convert("RGB")), status, _captions(gallery), _captions(maps[0])
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            raise AssertionError("another client failed before all had started") from None
+        job = client.submit(*_gen(prompt, seed=seed, scheduler=scheduler), api_name="/generate")
+        image, status, gallery, *_ = job.result(timeout=CLIENT_TIMEOUT_S)
+        maps = client.submit(0, True, [], [], [], "minmax", 0, True, api_name="/maps")  # this session's result
+        explored = maps.result(timeout=CLIENT_TIMEOUT_S)[0]
+        return np.asarray(Image.open(image).convert("RGB")), status, _captions(gallery), _captions(explored)
 
     with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
-        results = list(pool.map(run, requests))
+        results = list(pool.map(run, clients, requests))
     pipe = served.engine.pipeline()
     for (prompt, seed, _), (_, status, captions, explored) in zip(requests, results, strict=True):
         assert re.match(rf"Done: 2 steps with \w+ in .* \(seed {seed}, guidance 7\.5\)", status), status

@@ -84,6 +84,22 @@ def test_engine_reads_limits_from_configs_without_loading(model_dir, pipe):
     assert chain_length == pipe.scheduler.config.num_train_timesteps
 
 
+def test_warm_up_runs_one_step_at_the_smallest_size(model_dir):
+    """A real checkpoint's warm-up must not be a full-size generation (SD 1.5 on a CPU: 83 s to the first step)."""
+    engine = Engine(str(model_dir), device="cpu")
+    pipe = engine.pipeline()
+    latent_sides = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _, args: latent_sides.append(tuple(args[0].shape[-2:])))
+    try:
+        engine.warm_up()
+    finally:
+        hook.remove()
+    smallest = size_limits(pipe).multiple // pipe.vae_scale_factor
+    assert smallest < pipe.unet.config.sample_size  # the tiny model's default is larger than its smallest size
+    assert latent_sides and set(latent_sides) == {(smallest, smallest)}
+    assert len(latent_sides) <= 2  # one step (PNDM's PLMS start adds one warm-up call)
+
+
 def test_stream_yields_one_preview_per_step_then_the_result(pipe):
     items = list(generate_stream(pipe, GenerationRequest(PROMPT, seed=1, steps=STEPS, scheduler="DDIM")))
     updates, final = items[:-1], items[-1]

@@ -88,3 +88,29 @@ def test_a_signal_leaves_no_served_file_behind(signum, tmp_path):
     assert process.returncode == 0, output
     assert _files(cache) <= before, sorted(map(str, _files(cache) - before))[:10]
     assert not _files(temp), sorted(map(str, _files(temp)))[:10]  # export folders, the examples cache
+
+
+_STUCK = """
+import sys, tempfile, threading
+from pathlib import Path
+from demo.exiting import exit_process, remove_at_exit
+folder = Path(tempfile.mkdtemp())
+(folder / "result.png").write_bytes(b"x")
+remove_at_exit(folder)
+print(folder, flush=True)
+if sys.argv[1] == "stuck":  # a non-daemon worker that never returns, like an AnyIO thread the loop forgot
+    threading.Thread(target=threading.Event().wait, name="AnyIO worker thread").start()
+exit_process(3, grace_s=1)
+"""
+
+
+@pytest.mark.parametrize("case", ["stuck", "clean"])
+def test_a_stuck_worker_thread_cannot_keep_the_stopped_app_alive(case):
+    """Python joins non-daemon threads before atexit: one that never ends would hang the exit and keep the files."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _STUCK, case], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    folder = Path(done.stdout.strip())
+    assert done.returncode == 3, done.stderr
+    assert not folder.exists()  # the app's folders went anyway
+    assert time.monotonic() - started < 30
+    assert ("did not stop (AnyIO worker thread)" in done.stderr) == (case == "stuck")

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import build_sd1, build_sdxl, single_thread
+from tiny_pipelines import build_sdxl
 
 from explain.capture.recorder import CapturedAttention
 from explain.capture.swap import Branch, compose_callbacks
@@ -24,21 +24,11 @@ from explain.steering.experiments import (
 
 PROMPT = "a ginormous red cube"  # slots: BOS, a, gin/orm/ous, red, cube, EOS
 RED = (5,)
-STEPS = 2  # PNDM: 3 counted steps (its PLMS warm-up repeats a timestep)
+STEPS = 2  # PNDM: its PLMS warm-up call counts with the first step (explain.diffusion.steps)
 GUIDANCE = [pytest.param(7.5, id="cfg"), pytest.param(1.0, id="no-cfg")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    pipe = build_sd1(tmp_path_factory.mktemp("sd1"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def generate(pipe, prompts=PROMPT, guidance=7.5, callback=None):
@@ -85,8 +75,10 @@ class ReferenceEdit:
 def reference(pipe, edit, prompts=PROMPT, guidance=7.5):
     state = {"step": 0, "cfg": guidance > 1}
 
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"  # the step rule below is PNDM's (PLMS)
+
     def count(pipe, i, t, kwargs):
-        state["step"] = i + 1
+        state["step"] = i  # the next call, i + 1, finishes step i: call 0 is the PLMS warm-up of step 0
         return kwargs
 
     originals = dict(pipe.unet.attn_processors)

@@ -34,3 +34,59 @@ def test_a_stopped_unet_run_resumes_where_it_was(built, capsys):
     assert build([*args, "--stages", "unet", "--force", "--unet-steps", "5"]) == 0
     assert "resumed at step 3" in capsys.readouterr().out
     assert json.loads((work / "unet_log.json").read_text())["steps_done"] == 5
+
+
+def test_the_short_text_tower_trains_exactly_like_the_full_one():
+    """The loss and every gradient on the used ids x the longest caption equal those of the 49 408 x 77 tower,
+    the rows and positions left out get exactly zero gradient there, and write_back restores the full model."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from explain.clip.contrastive import contrastive_loss
+    from training.config import preset
+    from training.models import build_clip
+    from training.train_clip import ShortText, tokenize
+
+    cfg = dataclasses.replace(preset("world-smoke").clip, image_size=32)
+    torch.manual_seed(0)
+    full = build_clip(cfg)
+    captions = ["a cat wearing sunglasses", "two bowls of ramen on the left", "a red car next to a dog", ""]
+    tokens = tokenize(captions)  # (4, 77)
+    short_text = ShortText.of(tokens)
+    assert short_text.length == int((tokens != 0).sum(1).max()) < 20
+    short = short_text.model(full, cfg)
+    images = torch.randn(len(captions), 3, 32, 32)
+
+    def loss_of(model, ids):
+        i_e = F.normalize(model.encode_image(images), dim=-1)
+        t_e = F.normalize(model.encode_text(ids), dim=-1)
+        loss = contrastive_loss(i_e, t_e, model.logit_scale.exp())
+        loss.backward()
+        return loss.item()
+
+    assert abs(loss_of(short, short_text.compact(tokens)) - loss_of(full, tokens)) < 1e-6
+    grads = {k: p.grad for k, p in full.named_parameters()}
+    for name, p in short.named_parameters():
+        g = grads[name]
+        if name == "token_embedding.weight":
+            unused = torch.ones(len(g), dtype=torch.bool)
+            unused[short_text.used] = False
+            assert g[unused].abs().max() == 0
+            g = g[short_text.used]
+        elif name == "positional_embedding":
+            assert g[short_text.length :].abs().max() == 0
+            g = g[: short_text.length]
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4), name
+    with torch.no_grad():
+        for p in short.parameters():
+            p.add_(1.0)
+    before = full.token_embedding.weight.clone()
+    short_text.write_back(short, full)
+    assert torch.equal(full.token_embedding.weight[short_text.used], short.token_embedding.weight)
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[short_text.used] = False
+    assert torch.equal(full.token_embedding.weight[untouched], before[untouched])
+    assert torch.equal(full.positional_embedding[: short_text.length], short.positional_embedding)
+    assert torch.equal(full.visual.proj, short.visual.proj)

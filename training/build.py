@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-steps", type=int, default=None)
     p.add_argument("--unet-lr", type=float, default=None)
     p.add_argument("--unet-warmup", type=int, default=None)
+    p.add_argument("--clip-steps", type=int, default=None)
+    p.add_argument("--clip-batch-size", type=int, default=None)
     p.add_argument("--init-unet", type=Path, default=None, help="start the U-Net from these weights (fine-tuning)")
     p.add_argument("--init-clip", type=Path, default=None, help="warm-start CLIP (pipeline dir or clip.safetensors)")
     p.add_argument("--init-vae", type=Path, default=None, help="continue the VAE from this diffusers folder")
@@ -227,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         "unet_warmup": "warmup",
     }
     unet_over = {field: getattr(args, dest) for dest, field in unet_fields.items() if getattr(args, dest) is not None}
+    clip_over = {
+        f: getattr(args, f"clip_{f}") for f in ("steps", "batch_size") if getattr(args, f"clip_{f}") is not None
+    }
+    if clip_over:
+        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, **clip_over))
     if args.n_train is not None:
         cfg = dataclasses.replace(cfg, n_train=args.n_train)
     if unet_over:

@@ -7,6 +7,7 @@ test-suite cross-checks against open_clip's ``ClipLoss``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from training.config import TrainConfig
 from training.data import WorldData
 from training.models import build_clip, zero_unused_token_rows
 
-__all__ = ["train_clip", "images_to_tensor", "tokenize", "retrieval_top1"]
+__all__ = ["train_clip", "images_to_tensor", "tokenize", "retrieval_top1", "ShortText"]
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -54,6 +55,53 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class ShortText:
+    """The text tower trained on the ids and positions the captions use, exactly.
+
+    Two facts make it exact: the tower is causal, so no state at or before end-of-text depends on a later
+    position, and the loss reads only the pooled end-of-text state; and token rows no caption uses get no
+    gradient (the embedding and positional tables are outside weight decay). So a CLIP with a vocabulary of the
+    ``V`` used ids (renumbered in id order: padding stays 0, end-of-text stays the largest, so ``argmax``
+    pooling still finds it) and a context of the longest caption ``L`` computes the same loss and gradients as
+    the 49 408 x 77 one, at a fraction of the cost (the dense embedding gradient and its AdamW update alone
+    are 12.6 M values per step). :meth:`write_back` puts the trained rows and positions into the full model.
+    """
+
+    used: torch.Tensor  # [V] BPE ids in increasing order
+    length: int  # L: tokens of the longest caption, start and end of text included
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor) -> ShortText:
+        """From the (N, 77) padded ids of the training captions and the empty caption."""
+        used = torch.unique(tokens)  # sorted
+        length = int((tokens != 0).sum(dim=1).max())
+        return cls(used, length)
+
+    def compact(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, 77) BPE ids -> (N, L) ids in 0..V-1."""
+        return torch.searchsorted(self.used.to(tokens.device), tokens[:, : self.length].contiguous())
+
+    def model(self, full: open_clip.CLIP, cfg) -> open_clip.CLIP:
+        """A copy of ``full`` with a ``V``-row token table and an ``L``-slot context (the full model's values)."""
+        short = build_clip(replace(cfg, vocab_size=len(self.used), context_length=self.length))
+        state = full.state_dict()
+        state["token_embedding.weight"] = state["token_embedding.weight"][self.used]
+        state["positional_embedding"] = state["positional_embedding"][: self.length]
+        short.load_state_dict(state)
+        return short
+
+    @torch.no_grad()
+    def write_back(self, short: open_clip.CLIP, full: open_clip.CLIP) -> None:
+        """Copy everything ``short`` learned into ``full`` (rows to their ids, positions to the first ``L``)."""
+        state = short.state_dict()
+        full.token_embedding.weight[self.used.to(full.token_embedding.weight.device)] = state.pop(
+            "token_embedding.weight"
+        ).to(full.token_embedding.weight)
+        full.positional_embedding[: self.length] = state.pop("positional_embedding")
+        full.load_state_dict(state, strict=False)
 
 
 @torch.no_grad()
@@ -97,14 +145,16 @@ def train_clip(
     model = build_clip(c)
     if init is not None:
         print(f"[clip] warm start from {init}; fresh: {init_from(model, init)}", flush=True)
-    model = model.to(device)
     tokens = tokenize(data.captions, c.context_length)
     used = torch.unique(torch.cat([tokens.flatten(), tokenize([""]).flatten()]))
     zero_unused_token_rows(model, used)
-    tokens = tokens.to(device)
+    short_text = ShortText.of(torch.cat([tokens, tokenize([""])]))
+    print(f"[clip] training on {len(short_text.used)} token ids x {short_text.length} positions", flush=True)
+    full, model = model, short_text.model(model, c).to(device)
+    tokens = short_text.compact(tokens).to(device)  # (N, L)
     images = torch.as_tensor(data.images, device=device)
     val_images = images_to_tensor(val.images[:256], device)
-    val_tokens = tokenize(val.captions[:256], c.context_length).to(device)
+    val_tokens = tokenize(val.captions[:256], c.context_length)
 
     opt = torch.optim.AdamW(_param_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
     log = StageLog("clip", out_dir, c.steps, cfg.time_budget_s.get("clip"))
@@ -128,6 +178,9 @@ def train_clip(
         log.log(step, loss.item(), every=100, t=model.logit_scale.exp().item())
         if log.over_budget():
             break
+    short_text.write_back(model.cpu(), full)
+    model = full.to(device)
+    val_tokens = val_tokens.to(device)
     i2t, t2i = retrieval_top1(model, val_images, val_tokens)
     print(f"[clip] val retrieval top-1 image->text {i2t:.3f} text->image {t2i:.3f}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ __all__ = [
     "DOWNSAMPLE_CHOICES",
     "NORMALIZATION_CHOICES",
     "STOP_CONCURRENCY",
+    "MAPS_CONCURRENCY",
     "FUNCTION_WORDS",
     "RECENT_RESULTS",
     "number",
@@ -33,6 +34,10 @@ __all__ = [
     "PresetOutputs",
     "Restored",
     "UrlSettings",
+    "SCORE_BRUSH",
+    "ScoreSetup",
+    "Scored",
+    "GuidanceViews",
 ]
 
 DEFAULTS = {
@@ -59,8 +64,10 @@ NORMALIZATION_CHOICES = [
     ("absolute: one scale for all words", "absolute"),
 ]
 STOP_CONCURRENCY = "control"  # Stop must not wait behind the run it stops
+MAPS_CONCURRENCY = "maps"  # the map views run in order: the view of the last control moved is the one that stays
 FUNCTION_WORDS = ("a", "an", "the", "and", "on", "at", "in", "of")  # hidden by "content words only"
 RECENT_RESULTS = 4  # preset results kept for the restore step (a few MB each on the embedded model)
+SCORE_BRUSH = "#ff00ff"  # the painting brush of "Score the map": any stroke counts, magenta stands out
 
 
 # -- input parsing ------------------------------------------------------------------------------------------------------
@@ -194,18 +201,18 @@ class PresetOutputs(NamedTuple):
 
 
 class Restored(NamedTuple):
-    """After a cached preset: the session's explorable result and the controls that follow it."""
+    """After a cached preset: the session's explorable result, the controls that follow it, and its map views as
+    the map controls are set (the cache holds the views of the default controls)."""
 
     state: object
     step: dict
     heads: dict
     layer: dict
     qkv: str
-
-    @classmethod
-    def unchanged(cls) -> Restored:
-        """Nothing to rebuild: the session already holds this result."""
-        return cls(*(gr.skip() for _ in cls._fields))
+    gallery: list
+    masks: list
+    pair: list
+    info: str
 
 
 class UrlSettings(NamedTuple):
@@ -220,3 +227,31 @@ class UrlSettings(NamedTuple):
     height: object
     width: object
     tab: object
+
+
+class ScoreSetup(NamedTuple):
+    """After a generation: the image in the painting editor and the prompt's words to score."""
+
+    editor: object
+    word: dict
+
+
+class Scored(NamedTuple):
+    """One painted mask scored (:meth:`~demo.tab_attend.classroom.Classroom.score_map`), in output order."""
+
+    iou: float
+    true_iou: float | None  # None where the world does not know the object's mask ("not known")
+    agreement: object  # (H, W, 3) uint8: green both, red map only, blue painted only
+    leaderboard: dict
+    board: object  # the session's explain.maps.score.Leaderboard (a gr.State)
+    summary: str
+
+
+class GuidanceViews(NamedTuple):
+    """One step's guidance taken apart (:meth:`~demo.tab_attend.classroom.Classroom.guidance_parts`)."""
+
+    predictions: list  # ε_u, ε_c, ε_c − ε_u, ε̃ through the latent preview
+    x0: list  # the x̂₀ each one gives
+    maps: list  # the prompt's and the negative prompt's word maps
+    recombination_error: float  # max |ε_u + g (ε_c − ε_u) − ε̃|
+    summary: str

@@ -11,6 +11,7 @@ import numpy as np
 
 from demo.common import TAB_IDS, export_dir, user_errors
 from demo.tab_attend import layout, views
+from demo.tab_attend.classroom import Classroom
 from demo.tab_attend.forms import (
     DEFAULTS,
     FUNCTION_WORDS,
@@ -59,6 +60,7 @@ class AttendTab:
         self._stops_lock = threading.Lock()
         self._recent: dict = {}  # request -> result of preset runs, so a preset's restore need not run it twice
         self._recent_lock = threading.Lock()
+        self.classroom = Classroom(self)  # "Score the map" and "Guidance taken apart"
 
     def build(self, pipe_limits) -> dict:
         """Create the tab (call inside ``gr.Tab``); returns the inputs that permalinks restore."""
@@ -84,10 +86,7 @@ class AttendTab:
         pipe = self.engine.pipeline()
         with user_errors():
             req.validate(pipe)
-        stop, run = threading.Event(), RunProgress()
-        session = _session(request)
-        with self._stops_lock:
-            self._stops[session] = _Running(stop, run)
+        session, (stop, run) = self.start_run(request)
         stream = generate_stream(
             pipe, req, stop, lock=self.engine.lock, preview=self.engine.latent_preview(), progress=run
         )
@@ -101,12 +100,25 @@ class AttendTab:
                         yield self._finish(item)
         finally:
             stream.close()  # when Stop's `cancels=` closed this generator early, this sets `stop`: the run ends
-            # A run that ended on its own is forgotten; a stopped or cancelled one stays until the session's next
-            # run, so a Stop that arrives after the cancel still answers that the run is stopping.
-            with self._stops_lock:
-                entry = self._stops.get(session)
-                if entry is not None and entry.stop is stop and not stop.is_set():
-                    del self._stops[session]
+            self.end_run(session, stop)
+
+    def start_run(self, request) -> tuple[str, _Running]:
+        """A new run of the request's session: its stop flag and progress, which the tab's Stop finds."""
+        session, running = _session(request), _Running(threading.Event(), RunProgress())
+        with self._stops_lock:
+            self._stops[session] = running
+        return session, running
+
+    def end_run(self, session: str, stop: threading.Event) -> None:
+        """Forget a run that ended on its own.
+
+        A stopped or cancelled one stays until the session's next run, so a Stop that arrives after the cancel
+        still answers that the run is stopping.
+        """
+        with self._stops_lock:
+            entry = self._stops.get(session)
+            if entry is not None and entry.stop is stop and not stop.is_set():
+                del self._stops[session]
 
     def _finish(self, result) -> Generated:
         """Final outputs of a generation: image, status, state, gallery, x_t/x̂₀ pair, film, control updates."""
@@ -252,18 +264,25 @@ class AttendTab:
         done = self._finish(result)
         return PresetOutputs(done.image, done.status, done.gallery, done.pair, done.film)
 
-    def restore(self, prompt, negative, seed, steps, guidance, scheduler, height, width, result):
-        """After a cached preset: rebuild this session's explorable result (the cache holds only pictures)."""
+    def restore(self, prompt, negative, seed, steps, guidance, scheduler, height, width, result, *controls):
+        """After a cached preset: rebuild this session's explorable result (the cache holds only pictures) and show
+        its maps as ``controls`` (the map controls, in the order of :meth:`maps`) ask.
+
+        In one event, so a control moved right after the preset is never overtaken by a later first view.
+        """
 
         req = form_request(prompt, negative, seed, steps, guidance, scheduler, height, width)
-        if result is not None and result.request == req:
-            return Restored.unchanged()
+        if result is not None and result.request == req:  # the session already holds this result
+            return Restored(gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *self.maps(result, *controls))
         with self._recent_lock:
             result = self._recent.get(req)
         if result is None:  # the preset came from the cache: run it once more (deterministic: same pictures)
             result = self._generate(req)
         done = self._finish(result)
-        return Restored(result, done.step, done.heads, done.layer, done.qkv)
+        _, all_steps, parts, downsamples, _, *rest = controls  # the new result: its last step, all heads
+        last = done.step["value"]
+        view = self.maps(result, last, all_steps, parts, downsamples, [], *rest)
+        return Restored(result, done.step, done.heads, done.layer, done.qkv, *view)
 
     def from_url(self, request: gr.Request):
         """Settings from the page's query string (?prompt=...&seed=...&tab=attend), for shareable links."""

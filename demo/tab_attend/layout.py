@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, seed_input
+from demo.tab_attend import layout_classroom
 from demo.tab_attend.forms import (
     DEFAULTS,
     DOWNSAMPLE_CHOICES,
+    MAPS_CONCURRENCY,
     NORMALIZATION_CHOICES,
     PART_CHOICES,
     PRESET_LABELS,
@@ -132,10 +134,19 @@ def build(tab, pipe_limits: SizeLimits) -> dict:
     state = gr.State(None)
     deferred = _deferred_outputs()  # shown further down, but the presets (next to the inputs) need them
     form, image, examples = _build_form(tab, deferred, pipe_limits)
-    ui = AttendUI(state, deferred, form, image, examples, _build_maps(deferred), _build_film_and_qkv(deferred))
-    _wire_generation(tab, ui)
+    maps = _build_maps(deferred)
+    scoring = layout_classroom.build_score()
+    downloads = _build_film_and_qkv(deferred)
+    guidance = layout_classroom.build_guidance()
+    ui = AttendUI(state, deferred, form, image, examples, maps, downloads)
+    generated = _wire_generation(tab, ui)
     _wire_views(tab, ui)
-    _wire_presets(tab, ui)
+    restored = _wire_presets(tab, ui)  # a preset's first view follows the map controls in the same event
+    setups = layout_classroom.wire(tab.classroom, ui, scoring, guidance, [*generated, restored])
+    for event in setups[: len(generated)]:  # then a generation's first view, as the map controls are set now
+        event.success(
+            tab.maps, ui.view_inputs, ui.view_outputs, api_visibility="undocumented", concurrency_id=MAPS_CONCURRENCY
+        )
     return {"inputs": ui.form.inputs}
 
 
@@ -241,6 +252,7 @@ def _build_maps(deferred: Deferred) -> MapControls:
             masks = gr.Gallery(
                 elem_classes=["pixels"],
                 label="Masks: pixels above the threshold",
+                elem_id="attend-masks",
                 columns=4,
                 height="auto",
                 format=IMAGE_FORMAT,
@@ -314,8 +326,8 @@ def _build_film_and_qkv(deferred: Deferred) -> Downloads:
 
 
 # -- events ---------------------------------------------------------------------------------------------------------------
-def _wire_generation(tab, ui: AttendUI) -> None:
-    """Generate (streamed) and Stop."""
+def _wire_generation(tab, ui: AttendUI):
+    """Generate (streamed) and Stop (which also stops "Guidance taken apart"); returns the generating events."""
     form = ui.form
     gen_event = form.generate.click(
         tab.generate,
@@ -325,7 +337,7 @@ def _wire_generation(tab, ui: AttendUI) -> None:
         concurrency_id=MODEL_CONCURRENCY,
         concurrency_limit=1,
     )
-    form.prompt.submit(
+    submit_event = form.prompt.submit(
         tab.generate, form.inputs, ui.gen_outputs, api_visibility="undocumented", concurrency_id=MODEL_CONCURRENCY
     )
     form.generate.click(lambda: "", None, [form.stop_note], api_visibility="private", queue=False)
@@ -338,6 +350,7 @@ def _wire_generation(tab, ui: AttendUI) -> None:
         concurrency_id=STOP_CONCURRENCY,
         concurrency_limit=None,
     )
+    return [gen_event, submit_event]
 
 
 def _wire_views(tab, ui: AttendUI) -> None:
@@ -345,8 +358,14 @@ def _wire_views(tab, ui: AttendUI) -> None:
     m, d, form = ui.maps, ui.downloads, ui.form
     map_events = [m.all_steps.input, m.parts.input, m.downsamples.input, m.heads.input, m.normalization.input]
     map_events += [m.threshold.release, m.content_only.input]
-    gr.on(map_events, tab.maps, ui.view_inputs, ui.view_outputs, api_name="maps")
-    m.step.release(tab.maps_at_step, ui.view_inputs, [*ui.view_outputs, m.all_steps], api_visibility="undocumented")
+    gr.on(map_events, tab.maps, ui.view_inputs, ui.view_outputs, api_name="maps", concurrency_id=MAPS_CONCURRENCY)
+    m.step.release(
+        tab.maps_at_step,
+        ui.view_inputs,
+        [*ui.view_outputs, m.all_steps],
+        api_visibility="undocumented",
+        concurrency_id=MAPS_CONCURRENCY,
+    )
     d.layer.input(tab.qkv, [ui.state, d.layer], [d.qkv], api_name="qkv")
     d.prepare.click(tab.export, ui.view_inputs, [d.grid, d.film, d.npz, d.settings, d.link], api_name="export")
     gr.on(
@@ -366,13 +385,15 @@ def _wire_views(tab, ui: AttendUI) -> None:
     )
 
 
-def _wire_presets(tab, ui: AttendUI) -> None:
-    """After a cached preset: rebuild the session's explorable result, then its permalink (registered last)."""
+def _wire_presets(tab, ui: AttendUI):
+    """After a cached preset: rebuild the session's explorable result, then its permalink; returns the rebuild."""
     m, d = ui.maps, ui.downloads
-    ui.examples.cache_event.then(
+    restored = ui.examples.cache_event.then(
         tab.restore,
-        ui.form.inputs + [ui.state],
-        [ui.state, m.step, m.heads, d.layer, d.qkv],
+        ui.form.inputs + ui.view_inputs,  # the state, then the map controls
+        [ui.state, m.step, m.heads, d.layer, d.qkv, *ui.view_outputs],
         api_visibility="private",
         concurrency_id=MODEL_CONCURRENCY,
-    ).then(tab.permalink, ui.form.inputs, [d.link], api_visibility="private")
+    )
+    restored.then(tab.permalink, ui.form.inputs, [d.link], api_visibility="private")
+    return restored

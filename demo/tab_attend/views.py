@@ -7,9 +7,27 @@ import numpy as np
 from demo.tab_attend.forms import MapQuery
 from explain.clip.vocabulary import unknown_words_message
 from explain.engine.session import StepUpdate
+from explain.maps.aggregation import overlay
+from explain.maps.score import LEADERBOARD_HEADERS, Leaderboard, MapScore
 from explain.maps.views import LayerShapes, MapView
 
-__all__ = ["step_status", "done_status", "word_gallery", "map_info", "qkv_table"]
+__all__ = [
+    "step_status",
+    "done_status",
+    "word_gallery",
+    "map_info",
+    "qkv_table",
+    "leaderboard_table",
+    "enlarged",
+    "score_summary",
+    "guidance_predictions",
+    "guidance_x0",
+    "guidance_maps",
+    "guidance_summary",
+]
+
+ENLARGED_SIDE = 256  # pixels: small pictures (a 64 x 64 agreement map) are shown at least this big
+PREDICTION_SYMBOLS = {"epsilon": "ε", "v_prediction": "v", "sample": "x̂₀"}  # what the U-Net predicts
 
 
 def step_status(item: StepUpdate) -> str:
@@ -77,3 +95,92 @@ def qkv_table(s: LayerShapes, unet_batch: int) -> str:
             "the maps show the prompt half.",
         ]
     )
+
+
+# -- score the map ------------------------------------------------------------------------------------------------------
+def enlarged(picture: np.ndarray, min_side: int = ENLARGED_SIDE) -> np.ndarray:
+    """``picture`` repeated pixel by pixel (nearest) until its shorter side is at least ``min_side``."""
+    factor = max(1, -(-min_side // min(picture.shape[:2])))
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def leaderboard_table(board: Leaderboard) -> dict:
+    """The session's leaderboard as a table (rank, name, word, layers, steps, IoU, true IoU)."""
+    rows = [[*row[:-1], "not known" if row[-1] is None else row[-1]] for row in board.rows()]
+    return {"headers": list(LEADERBOARD_HEADERS), "data": rows}
+
+
+def score_summary(score: MapScore, rank: int | None, entries: int) -> str:
+    """The IoUs in words: with the map, with the true mask (or "not known"), and the place on the board."""
+    steps = f"steps {score.steps[0]}–{score.steps[1]}"  # [start, stop), as the leaderboard writes them
+    text = (
+        f"IoU of your painting with “{score.word}”'s map (min-max, above τ = {score.tau:g}; {score.layers}, "
+        f"{steps}) = **{score.iou:.3f}**."
+    )
+    if score.true_iou is None:
+        text += " True mask of the object: **not known** (the world's judge knows it only for colour, shape and size words of world prompts whose object it finds)."
+    else:
+        text += (
+            f" The map against the object's true mask (found by the world's judge): **{score.true_iou:.3f}**; "
+            f"your painting against it: {score.painted_vs_true:.3f}."
+        )
+    place = f"place **{rank}** of {entries}" if rank is not None else "not in the top of the board"
+    return text + f" Leaderboard: {place}. Green: both agree; red: only the map; blue: only your painting."
+
+
+# -- guidance taken apart -----------------------------------------------------------------------------------------------
+def _names(parts) -> dict[str, str]:
+    e, g = PREDICTION_SYMBOLS.get(parts.prediction_type, "ε"), f"{parts.guidance:g}"
+    branch = "the negative prompt" if parts.negative_prompt else "the empty prompt"
+    return {
+        "uncond": f"{e}_u: {branch}",
+        "cond": f"{e}_c: the prompt",
+        "difference": f"{e}_c − {e}_u: what the prompt adds",
+        "guided": f"guided: {e}_u + {g}·({e}_c − {e}_u)",
+    }
+
+
+def guidance_predictions(parts) -> list[tuple[np.ndarray, str]]:
+    """The four predictions through the linear latent preview (signed: mid-grey is 0), with their sizes."""
+    names = _names(parts)
+    return [(p.output_image, f"{names[p.name]} (rms {p.rms:.3f})") for p in parts.parts]
+
+
+def guidance_x0(parts) -> list[tuple[np.ndarray, str]]:
+    """The clean image x̂₀ each prediction gives (the difference's: Δx̂₀, signed)."""
+    names = _names(parts)
+    return [
+        (p.image, "Δx̂₀ = x̂₀_c − x̂₀_u (grey = 0)" if p.name == "difference" else f"x̂₀ from {names[p.name]}")
+        for p in parts.parts
+    ]
+
+
+def guidance_maps(parts, prompt_maps, skip_words=()) -> list[tuple[np.ndarray, str]]:
+    """The prompt's word maps (conditional branch) beside the negative prompt's (unconditional branch)."""
+    shown = [
+        (overlay(parts.image, heat.numpy()), f"“{word}” (prompt)")
+        for word, heat in zip(prompt_maps.words, prompt_maps.word_maps, strict=True)
+        if word.lower() not in skip_words
+    ]
+    if parts.negative_maps is not None:
+        shown += [
+            (overlay(parts.image, heat), f"“{word}” (negative prompt)")
+            for word, heat in zip(parts.negative_words, parts.negative_maps, strict=True)
+        ]
+    return shown
+
+
+def guidance_summary(parts) -> str:
+    """Which step, its t and ᾱ_t, and the two checks: the parts add up, the step reproduces the pipeline's."""
+    text = (
+        f"Step **{parts.step + 1}** of {parts.run.steps_done} (t = {parts.timestep:.0f}, ᾱ_t = {parts.alpha_bar:.4f}), "
+        f"guidance g = {parts.guidance:g}. The parts add up: max |ε_u + g (ε_c − ε_u) − ε̃| = "
+        f"**{parts.recombination_error:.1e}**."
+    )
+    if parts.step_error is None:
+        text += " This sampler draws fresh noise in its step, so the step itself is not replayed."
+    else:
+        text += f" Stepping the sampler with ε̃ gives the pipeline's own next latents (max difference {parts.step_error:.1e})."
+    if not parts.negative_prompt:
+        text += " No negative prompt: the unconditional branch reads the empty prompt, which has no words to map."
+    return text

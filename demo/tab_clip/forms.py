@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
+
+from demo.common import user_errors
+from explain.clip.live import LiveTraining
+from explain.engine.requests import finite, whole
 
 __all__ = [
     "MAX_WORLD",
@@ -19,6 +24,12 @@ __all__ = [
     "ClipRun",
     "TextStates",
     "Loaded",
+    "LIVE_FRAMES",
+    "LIVE_DEFAULTS",
+    "MAX_LEARNING_RATE",
+    "MIN_LEARNING_RATE",
+    "live_training",
+    "Live",
 ]
 
 MAX_WORLD = 8
@@ -34,6 +45,10 @@ COLOR_CLASSES = "\n".join(
 )
 DEFAULT_CLASSES = SHAPE_CLASSES
 CLIP_CODE_WIDTH = 53  # column where the live-value comments start
+LIVE_FRAMES = 25  # frames a live training run streams (each: the matrix picture, the curves, the projection)
+# the form's defaults: n = 8 pairs take about 200 steps to turn the softmax diagonal (> 0.9 of it)
+LIVE_DEFAULTS = {"n": 8, "steps": 200, "learning_rate": 2e-3, "learn_temperature": True, "temperature": 0.07}
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-5, 0.1
 
 
 class Tokens(NamedTuple):
@@ -83,3 +98,33 @@ class Loaded(NamedTuple):
     loss: str
     text: str
     states: list[list]
+
+
+def live_training(n, steps, learning_rate, learn_temperature, temperature, shuffle, seed) -> LiveTraining:
+    """The live run the form asks for (checked by ``LiveTraining.validate``), about :data:`LIVE_FRAMES` frames."""
+    with user_errors():
+        steps = whole("steps", steps)  # its range: LiveTraining.validate
+        options = LiveTraining(
+            n=whole("batch size n", n),
+            steps=steps,
+            learning_rate=finite("learning rate", learning_rate),
+            learn_temperature=bool(learn_temperature),
+            temperature=finite("temperature", temperature),
+            shuffle_captions=bool(shuffle),
+            seed=whole("seed", seed),
+            frame_every=max(1, math.ceil(steps / LIVE_FRAMES)),  # >= 1 for any steps: validate names bad ones
+        )
+        return options.validate()
+
+
+class Live(NamedTuple):
+    """One frame of a live training run (:meth:`ClipTab.train_live`), in the order of its output components."""
+
+    matrix: object  # (H, W, 3) uint8: the n x n logits, images down the side
+    losses: object  # DataFrame: step, value, curve (loss_i, loss_t, loss)
+    temperature: object  # DataFrame: step, temperature
+    projection: object  # Figure: the joint space in 2-D
+    softmax: dict  # the row softmax as a table
+    history: dict  # one row per frame: step, losses, temperature, diagonal share
+    captions: str
+    status: str

@@ -7,10 +7,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from demo.common import open_image, user_errors
+from demo.common import SessionStops, open_image, session_id, user_errors
 from demo.tab_clip import layout, views
-from demo.tab_clip.forms import DEFAULT_PROMPT, MAX_UPLOADS, MAX_WORLD, Batch, ClipRun, Loaded, TextStates, Tokens
+from demo.tab_clip.forms import (
+    DEFAULT_PROMPT,
+    MAX_UPLOADS,
+    MAX_WORLD,
+    Batch,
+    ClipRun,
+    Live,
+    Loaded,
+    TextStates,
+    Tokens,
+    live_training,
+)
 from explain.clip.contrastive import contrastive_step, text_hidden_states, zero_shot
+from explain.clip.live import train_clip_live
 from explain.clip.tokens import tokenize_prompt
 from explain.clip.vocabulary import unknown_words, vocabulary_of
 from explain.io.figures import clip_logits_figure
@@ -24,6 +36,7 @@ class ClipTab:
 
     def __init__(self, engine):
         self.engine = engine
+        self._live = SessionStops()  # session -> the stop flag of its live training run
 
     def build(self) -> list:
         """Create the tab's components and events (call inside ``gr.Tab``); returns the outputs of :meth:`on_load`."""
@@ -135,6 +148,46 @@ class ClipTab:
             text=views.text_state_summary(states.shapes, pooled, pipe.unet.config.cross_attention_dim),
             states=views.text_state_rows(view, states.slot_norms[0], pooled),
         )
+
+    def train_live(
+        self, n, steps, learning_rate, learn_temperature, temperature, shuffle, seed, request: gr.Request = None
+    ):
+        """Train a fresh tiny CLIP on world pairs (:func:`explain.clip.live.train_clip_live`), a frame at a time.
+
+        Each optimiser chunk runs under the engine's lock (a generation and a live run never share the CPU); the
+        session's Stop ends the run after the current step, and its last frame is shown.
+        """
+        options = live_training(n, steps, learning_rate, learn_temperature, temperature, shuffle, seed)
+        session = session_id(request)
+        stop = self._live.start(session)
+        frames = train_clip_live(options, stop)
+        history = []
+        try:
+            while True:
+                with self.engine.lock, user_errors():  # per frame: a generator may resume in another thread
+                    frame = next(frames, None)
+                if frame is None:
+                    return
+                history.append(frame)
+                yield Live(
+                    matrix=views.live_matrix(frame),
+                    losses=views.loss_curves(history),
+                    temperature=views.temperature_curve(history),
+                    projection=views.projection_figure(frame),
+                    softmax=views.softmax_table(frame.probs_image_to_text),
+                    history=views.history_table(history),
+                    captions=views.live_captions(frame),
+                    status=views.live_status(frame, stopped=stop.is_set() and frame.step < frame.steps),
+                )
+        finally:
+            frames.close()
+            self._live.finish(session, stop)
+
+    def stop_live(self, request: gr.Request = None) -> str:
+        """Ask this session's live training run to stop after the current step."""
+        if self._live.stop(session_id(request)):
+            return "⏹ Stopping after the current step: the last frame stays."
+        return "Nothing is training."
 
     def on_load(self) -> Loaded:
         """What the tab shows when the page opens: the default prompt tokenised, a batch of 4 through CLIP."""

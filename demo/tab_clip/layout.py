@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from demo.common import MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, seed_input
-from demo.tab_clip.forms import COLOR_CLASSES, DEFAULT_CLASSES, DEFAULT_PROMPT, MAX_WORLD, SHAPE_CLASSES
+from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, seed_input
+from demo.tab_clip.forms import (
+    COLOR_CLASSES,
+    DEFAULT_CLASSES,
+    DEFAULT_PROMPT,
+    LIVE_DEFAULTS,
+    MAX_LEARNING_RATE,
+    MAX_WORLD,
+    MIN_LEARNING_RATE,
+    SHAPE_CLASSES,
+)
+from explain.clip.live import MAX_BATCH, MAX_LOGIT_SCALE
+from explain.clip.live import MAX_STEPS as MAX_LIVE_STEPS
 from explain.world import Scene, WorldObject, make_batch, render
 
 __all__ = ["build"]
@@ -44,6 +55,35 @@ class BatchForm:
     run: gr.Button
 
 
+@dataclass(frozen=True)
+class LiveForm:
+    """Section 4's controls: what to train and how, Train and Stop."""
+
+    n: gr.Slider
+    steps: gr.Slider
+    learning_rate: gr.Number
+    learn_temperature: gr.Checkbox
+    temperature: gr.Slider
+    shuffle: gr.Checkbox
+    seed: gr.Number
+    train: gr.Button
+    stop: gr.Button
+    note: gr.Markdown
+
+    @property
+    def inputs(self) -> list:
+        """In the order of :meth:`ClipTab.train_live`'s parameters."""
+        return [
+            self.n,
+            self.steps,
+            self.learning_rate,
+            self.learn_temperature,
+            self.temperature,
+            self.shuffle,
+            self.seed,
+        ]
+
+
 def build(tab) -> list:
     """Create the tab on ``tab`` (a :class:`ClipTab`; call inside ``gr.Tab``); returns :meth:`ClipTab.on_load`'s
     outputs."""
@@ -51,6 +91,7 @@ def build(tab) -> list:
     tokens = _build_tokens(tab)
     form, outputs = _build_pseudocode(tab)
     states = _build_zero_shot(tab)
+    _build_live(tab)
     return [*tokens, form.gallery, form.texts, *outputs.all, *states]
 
 
@@ -252,3 +293,65 @@ def _zero_shot_columns(tab) -> None:
             "picks the caption whose vector points the same way."
         )
     classify.click(tab.zero_shot, [image, classes], [label], api_name="zero_shot", concurrency_id=MODEL_CONCURRENCY)
+
+
+def _build_live(tab) -> None:
+    """Section 4: train a tiny CLIP from scratch, live, and watch the matrix turn diagonal."""
+    gr.Markdown("### 4 · Train a tiny CLIP live: watch the matrix turn diagonal")
+    with gr.Row():
+        with gr.Column(scale=2):
+            form = _live_form()
+            status = gr.Markdown(elem_id="clip-live-status")
+            captions = gr.Markdown()
+        with gr.Column(scale=3):
+            matrix = gr.Image(
+                label="n × n logits (rows: images, columns: captions T1…Tn; true pairs outlined)",
+                format=IMAGE_FORMAT,
+                interactive=False,
+                height=420,
+                elem_classes=["pixels"],
+                elem_id="clip-live-matrix",
+            )
+            explain(
+                "A fresh, random CLIP (both towers) learns only from this batch, with the seed's loss. At first "
+                "every caption looks alike; step by step each image's row lights up on its own caption. Tick "
+                "**shuffle captions**: it learns the wrong pairs just as well, so the diagonal is what the loss "
+                "asks for, not something the pictures contain."
+            )
+    with gr.Row():
+        losses = gr.LinePlot(x="step", y="value", color="curve", label="Losses", height=260)
+        temperature = gr.LinePlot(x="step", y="temperature", label="Temperature 1 / exp(t)", height=260)
+        projection = gr.Plot(label="The joint space in 2-D (PCA)", format=PLOT_FORMAT)
+    with gr.Row():
+        softmax = gr.Dataframe(label="Row softmax (image → text) of the last frame", max_height=300)
+        with gr.Accordion("Every frame's numbers", open=False):
+            history = gr.Dataframe(label="History", max_height=300)
+    outputs = [matrix, losses, temperature, projection, softmax, history, captions, status]
+    form.train.click(tab.train_live, form.inputs, outputs, api_name="clip_train", concurrency_id=MODEL_CONCURRENCY)
+    form.train.click(lambda: "", None, [form.note], api_visibility="private", queue=False)
+    # Stop must not wait behind the run it stops: its own group, no limit
+    form.stop.click(tab.stop_live, None, [form.note], api_visibility="undocumented", concurrency_limit=None)
+
+
+def _live_form() -> LiveForm:
+    """Batch size, steps, learning rate, temperature (learned or fixed), shuffle, seed; Train and Stop."""
+    d = LIVE_DEFAULTS
+    with gr.Row():
+        n = gr.Slider(2, MAX_BATCH, value=d["n"], step=1, label="Batch size n (pairs)", elem_id="clip-live-n")
+        steps = gr.Slider(1, MAX_LIVE_STEPS, value=d["steps"], step=1, label="Steps", elem_id="clip-live-steps")
+    with gr.Row():
+        learning_rate = gr.Number(
+            d["learning_rate"], label="Learning rate (Adam)", minimum=MIN_LEARNING_RATE, maximum=MAX_LEARNING_RATE
+        )
+        seed = seed_input(0, label="Seed (pairs, weights, shuffle)")
+    with gr.Row():
+        learn_temperature = gr.Checkbox(d["learn_temperature"], label="Learn the temperature (CLIP); untick: fixed")
+        temperature = gr.Slider(
+            1 / MAX_LOGIT_SCALE, 1, value=d["temperature"], step=0.01, label="Temperature 1 / exp(t) at the start"
+        )
+    shuffle = gr.Checkbox(False, label="Shuffle captions (train on wrong pairs)")
+    with gr.Row():
+        train = gr.Button("Train live", variant="primary", elem_id="clip-live-train")
+        stop = gr.Button("Stop", variant="stop", elem_id="clip-live-stop")
+    note = gr.Markdown()
+    return LiveForm(n, steps, learning_rate, learn_temperature, temperature, shuffle, seed, train, stop, note)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import html
 
 import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
 
 from demo.tab_clip.forms import CLIP_CODE_WIDTH, LABEL_CHARS, PADDING_SHOWN
 from explain.clip.contrastive import ContrastiveResult
+from explain.clip.live import LiveFrame
 from explain.clip.tokens import TokenKind, TokenView
 from explain.clip.vocabulary import unknown_words_message
 
@@ -21,7 +26,20 @@ __all__ = [
     "loss_summary",
     "text_state_rows",
     "text_state_summary",
+    "live_matrix",
+    "loss_curves",
+    "temperature_curve",
+    "projection_figure",
+    "history_table",
+    "live_captions",
+    "live_status",
 ]
+
+MATRIX_SIDE = 448  # pixels of the logits picture's matrix (cells shrink as n grows) ...
+MIN_CELL = 6  # ... down to this many pixels a cell
+DIAGONAL_RGB = (230, 40, 40)  # the true pairs' cells are outlined in red, as in the pseudocode's figure
+PAIR_CMAP = "tab20"  # one colour per pair in the projection
+LABELLED_PAIRS = 16  # projections of at most this many pairs name their points
 
 
 def short(text: str) -> str:
@@ -158,3 +176,98 @@ def text_state_summary(shapes: dict, pooled_slot: int, cross_attention_dim: int)
         f"cross-attention layer.\n\n**CLIP's loss sees one row**: slot {pooled_slot} (EOS), "
         f"`T_f` `[1, {shapes['pooled'][1]}]`, projected by `W_t` to `T_e` `[1, {shapes['embedding'][1]}]`."
     )
+
+
+# -- live training ------------------------------------------------------------------------------------------------------
+def live_matrix(frame: LiveFrame) -> np.ndarray:
+    """The ``n x n`` logits (rows images, columns captions) as a picture, each image beside its row.
+
+    Colours are min-max per frame (viridis); the true pairs' diagonal cells are outlined in red.
+    """
+    n = len(frame.logits)
+    cell = max(MIN_CELL, MATRIX_SIDE // n)
+    logits = frame.logits.astype(np.float64)
+    span = float(np.ptp(logits))
+    unit = (logits - logits.min()) / span if span > 0 else np.zeros_like(logits)
+    grid = (colormaps["viridis"](unit)[..., :3] * 255).round().astype(np.uint8).repeat(cell, 0).repeat(cell, 1)
+    edge = max(1, cell // 10)
+    for k in range(n):
+        box = grid[k * cell : (k + 1) * cell, k * cell : (k + 1) * cell]
+        box[:edge], box[-edge:], box[:, :edge], box[:, -edge:] = (DIAGONAL_RGB,) * 4
+    thumbs = [
+        np.asarray(Image.fromarray(im).resize((cell, cell), Image.Resampling.NEAREST)) for im in frame.batch.images
+    ]
+    gap = np.full((n * cell, edge, 3), 255, np.uint8)
+    return np.concatenate([np.concatenate(thumbs, axis=0), gap, grid], axis=1)
+
+
+def loss_curves(history: list[LiveFrame]) -> pd.DataFrame:
+    """loss_i, loss_t and their mean per frame, long format (step, value, curve) for a line plot."""
+    rows = [
+        (f.step, value, name)
+        for f in history
+        for name, value in (("loss_i (text → image)", f.loss_i), ("loss_t (image → text)", f.loss_t), ("loss", f.loss))
+    ]
+    return pd.DataFrame(rows, columns=["step", "value", "curve"])
+
+
+def temperature_curve(history: list[LiveFrame]) -> pd.DataFrame:
+    """The temperature 1 / exp(t) per frame."""
+    return pd.DataFrame([(f.step, f.temperature) for f in history], columns=["step", "temperature"])
+
+
+def projection_figure(frame: LiveFrame) -> Figure:
+    """Images (circles) and captions (triangles) in the 2-D picture of the joint space; pair k in one colour, a line
+    from each image to the caption it is trained with."""
+    n = len(frame.image_xy)
+    colors = colormaps[PAIR_CMAP](np.arange(n) % colormaps[PAIR_CMAP].N)
+    fig = Figure(figsize=(5.5, 4.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    image, text = frame.image_xy, frame.text_xy
+    for k, j in enumerate(frame.batch.targets):
+        ax.plot([image[k, 0], text[j, 0]], [image[k, 1], text[j, 1]], color=colors[k], lw=1, alpha=0.6)
+    ax.scatter(image[:, 0], image[:, 1], c=colors, marker="o", s=90, edgecolors="black", label="images I_e")
+    ax.scatter(text[:, 0], text[:, 1], c=colors, marker="^", s=90, edgecolors="black", label="captions T_e")
+    if n <= LABELLED_PAIRS:
+        for k in range(n):
+            ax.annotate(f"I{k + 1}", image[k], textcoords="offset points", xytext=(5, 4), fontsize=9)
+            ax.annotate(f"T{k + 1}", text[k], textcoords="offset points", xytext=(5, -10), fontsize=9)
+    ax.legend(loc="best", fontsize=9)
+    ax.set_title(f"Joint space at step {frame.step}: 2 axes show {frame.explained:.0%} of the spread", fontsize=11)
+    return fig
+
+
+def history_table(history: list[LiveFrame]) -> dict:
+    """One row per frame: step, the losses, the temperature, and the softmax shares of the true / trained pairs."""
+    headers = ["step", "loss_i", "loss_t", "loss", "temperature", "diagonal share", "trained-pair share"]
+    rows = [
+        [f.step, *(round(v, 4) for v in (f.loss_i, f.loss_t, f.loss, f.temperature, f.diagonal_share))]
+        + [round(f.target_share, 4)]
+        for f in history
+    ]
+    return {"headers": headers, "data": rows}
+
+
+def live_captions(frame: LiveFrame) -> str:
+    """The batch's captions T1..Tn (and, shuffled, which caption each image is trained with)."""
+    lines = [f"{k + 1}. {html.escape(c)}" for k, c in enumerate(frame.batch.captions)]
+    text = "**The captions** (column j of the matrix is T_j; image I_j is its true pair):\n\n" + "\n".join(lines)
+    if frame.batch.shuffled:
+        pairs = ", ".join(f"I{k + 1}→T{j + 1}" for k, j in enumerate(frame.batch.targets))
+        text += f"\n\n**Shuffled**: each image is trained with another image's caption ({pairs})."
+    return text
+
+
+def live_status(frame: LiveFrame, stopped: bool) -> str:
+    """Where the run is: step, losses, temperature and how much of each image's softmax sits on its true caption."""
+    status = (
+        f"Step **{frame.step} / {frame.steps}** ({frame.seconds:.1f} s): loss **{frame.loss:.3f}** "
+        f"(loss_i {frame.loss_i:.3f}, loss_t {frame.loss_t:.3f}); temperature {frame.temperature:.4f} "
+        f"(exp(t) = {frame.logit_scale:.1f}). **{frame.diagonal_share:.0%}** of each image's softmax is on its true "
+        f"caption (chance: {1 / len(frame.logits):.0%})."
+    )
+    if frame.batch.shuffled:
+        status += f" On the caption it is trained with: **{frame.target_share:.0%}**."
+    if stopped:
+        status += " ⏹ **Stopped** here."
+    return status

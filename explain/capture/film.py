@@ -33,6 +33,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.utils.torch_utils import randn_tensor
 
 from explain.diffusion.geometry import Geometry, vae_factor
+from explain.diffusion.steps import StepPlan
 
 __all__ = ["LatentPreview", "FilmFrame", "FilmRecorder", "initial_noise", "noisy_image", "predicted_x0", "x0_method"]
 
@@ -84,8 +85,8 @@ class FilmFrame:
     """One step of the film.
 
     Attributes:
-        step: Denoising step (``step_index // scheduler.order``).
-        timestep: Scheduler timestep of the step.
+        step: Denoising step (:meth:`explain.diffusion.steps.StepPlan.step_of` of the call that finished it).
+        timestep: The timestep the step starts from (:meth:`~explain.diffusion.steps.StepPlan.start_timestep`).
         latents: (B, C, h, w) float32, the sample after the step.
         x0: (B, C, h, w) float32 predicted clean latent, or None where not derivable.
         image: (B, H, W, 3) uint8 of ``x0`` (or of ``latents`` when x0 is None), at image size.
@@ -225,13 +226,14 @@ class FilmRecorder:
             self._prev = self._initial.to(latents.device) * scheduler.init_noise_sigma  # x_T as the pipeline makes it
         x0 = predicted_x0(scheduler, timestep, self._prev, latents)
         self._prev = latents.detach().clone()
-        order = getattr(scheduler, "order", 1)
-        last_index = len(scheduler.timesteps) - 1
-        step = step_index // order
-        if (step_index + 1) % order and step_index != last_index:  # mid-step call of a 2nd-order scheduler
+        plan = StepPlan.of(scheduler)
+        last_index = plan.calls - 1
+        step = plan.step_of(step_index)
+        if not plan.completes(step_index):  # a predictor call (2nd-order samplers) or PNDM's PLMS warm-up
             return callback_kwargs
         if step % self.every == 0 or step_index == last_index:
-            entry = (step, float(timestep), latents.detach().float().cpu(), None if x0 is None else x0.cpu())
+            start = plan.start_timestep(step)  # the step's own timestep (PNDM repeats one in its calls)
+            entry = (step, start, latents.detach().float().cpu(), None if x0 is None else x0.cpu())
             self._raw.append(entry)
             kept = len(self._raw) - 1
             if self.on_frame is not None and (kept % self.stream_every == 0 or step_index == last_index):

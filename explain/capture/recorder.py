@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from explain.capture.bulk import grouped_probs
 from explain.capture.op import attend, explicit_probs, layer_mask, mirrors, probs_from_qk, project
 from explain.capture.swap import Branch, CrossAttentionSwap, cond_rows
 from explain.diffusion.geometry import Geometry, positions_hw
+from explain.diffusion.steps import StepPlan
 
 __all__ = ["CapturedAttention", "AttentionRecorder"]
 
@@ -150,8 +152,8 @@ class AttentionRecorder:
     """Context manager recording cross-attention probabilities per layer and denoising step.
 
     Pass ``rec.callback_on_step_end`` to the pipeline (chain others with :func:`compose_callbacks`): it marks
-    step boundaries (U-Net calls are grouped into step ``step_index // scheduler.order``, so the two calls of a
-    Heun step are averaged into one) and reads the latent shape, so non-square images need no hints. Without it,
+    step boundaries (U-Net calls are grouped into steps by :class:`~explain.diffusion.steps.StepPlan`: the two calls
+    of a Heun step, and PNDM's warm-up call with its first step, are averaged into one) and reads the latent shape, so non-square images need no hints. Without it,
     every U-Net call is one step and the latent size comes from ``height``/``width`` or the U-Net default.
 
     Memory: only ``token_count`` columns are kept, heads are averaged unless ``per_head``, maps are float16 on the
@@ -260,12 +262,12 @@ class AttentionRecorder:
         self._add_call(name, _Deferred(q, k, attn.scale))
 
     def callback_on_step_end(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
-        """Pipeline callback: closes the U-Net calls of step ``step_index // pipe.scheduler.order``."""
+        """Pipeline callback: closes the U-Net calls of step :meth:`~explain.diffusion.steps.StepPlan.step_of`."""
         latents = callback_kwargs.get("latents")
         if latents is not None:
             self._latent_hw = tuple(latents.shape[-2:])
         self._saw_callback = True
-        step = step_index // getattr(pipe.scheduler, "order", 1)
+        step = StepPlan.of(pipe.scheduler).step_of(step_index)  # Heun: 2 calls a step; PNDM: 1 warm-up call
         if self._open_step is not None and step != self._open_step:
             self._close_step()
         if self._open_step is None:
@@ -296,39 +298,55 @@ class AttentionRecorder:
 
     @torch.no_grad()
     def _materialize(self) -> None:
-        """Closed steps -> stored maps: deferred calls in one batched softmax(Q Kᵀ · scale) per layer, then each
-        step's calls averaged, reshaped to (h, w), pooled and stored."""
-        for name, steps in self._closed.items():
+        """Closed steps -> stored maps: deferred calls as softmax(Q Kᵀ · scale) in one batched product per group of
+        equally shaped layers (:func:`explain.capture.bulk.grouped_probs`), then each step's calls averaged, reshaped
+        to (h, w), pooled and stored. Layers with one deferred call per step (all of a plain run) are reshaped and
+        stored group-wise as well: a few large ops instead of many small ones."""
+        single = {
+            name: [step[0] for step in steps]
+            for name, steps in self._closed.items()
+            if all(len(step) == 1 and isinstance(step[0], _Deferred) for step in steps)
+        }
+        chunks = grouped_probs(single, lambda probs: self._grid(self._flatten(probs)))  # (S, B, [heads,] T, h, w)
+        for name, chunk in chunks.items():
+            self._keep(name, chunk, single[name][0].q.shape[-2])
+        rest = {name: steps for name, steps in self._closed.items() if name not in single}
+        qk = {
+            name: [call for step in steps for call in step if isinstance(call, _Deferred)]
+            for name, steps in rest.items()
+        }
+        flats = grouped_probs(qk, self._flatten)  # per layer (M, B, [heads,] tokens, N)
+        for name, steps in rest.items():
             calls = [call for step in steps for call in step]
             deferred = [i for i, call in enumerate(calls) if isinstance(call, _Deferred)]
-            if deferred:
-                q = torch.stack([calls[i].q for i in deferred])  # (M, B, heads, N, d)
-                k = torch.stack([calls[i].k for i in deferred])  # (M, B, heads, T, d)
-                probs = probs_from_qk(q, k, calls[deferred[0]].scale)  # (M, B, heads, N, T)
-                flat = self._flatten(probs)  # (M, B, [heads,] tokens, N)
-                for j, i in enumerate(deferred):
-                    calls[i] = flat[j]
+            for j, i in enumerate(deferred):
+                calls[i] = flats[name][j]  # (B, [heads,] tokens, N)
             counts = {len(step) for step in steps}
-            if len(deferred) == len(calls) and counts == {1}:
-                per_step = flat  # (S, B, [heads,] tokens, N): one call per step, nothing to average
-            elif len(counts) == 1:  # e.g. Heun: the same number of calls in every step
+            if len(counts) == 1:  # e.g. Heun: the same number of calls in every step
                 per_step = torch.stack([c.float() for c in calls]).unflatten(0, (len(steps), counts.pop())).mean(1)
             else:
                 at, means = 0, []
                 for step in steps:
                     means.append(torch.stack([c.float() for c in calls[at : at + len(step)]]).mean(0))
                     at += len(step)
-                per_step = torch.stack(means)
-            h, w = positions_hw(self._latent_hw, per_step.shape[-1])
-            grid = per_step.float().unflatten(-1, (h, w))  # (S, B, [heads,] tokens, h, w)
-            if self.max_resolution is not None and max(h, w) > self.max_resolution:
-                ratio = self.max_resolution / max(h, w)
-                size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
-                grid = F.adaptive_avg_pool2d(grid.flatten(0, -3), size).unflatten(0, grid.shape[:-2])
-            self._resolutions[name] = (h, w)
-            chunk = grid.to("cpu", self.store_dtype, memory_format=torch.contiguous_format)  # a chunk of steps
-            self._steps.setdefault(name, []).append(chunk)
+                per_step = torch.stack(means)  # (S, B, [heads,] tokens, N)
+            self._keep(name, self._grid(per_step), per_step.shape[-1])
         self._closed, self._closed_work = {}, 0
+
+    def _grid(self, per_step: torch.Tensor) -> torch.Tensor:
+        """(..., N) maps -> (..., h, w) in ``store_dtype``, average-pooled to ``max_resolution`` when larger."""
+        h, w = positions_hw(self._latent_hw, per_step.shape[-1])
+        grid = per_step.float().unflatten(-1, (h, w))  # (..., h, w)
+        if self.max_resolution is not None and max(h, w) > self.max_resolution:
+            ratio = self.max_resolution / max(h, w)
+            size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
+            grid = F.adaptive_avg_pool2d(grid.flatten(0, -3), size).unflatten(0, grid.shape[:-2])
+        return grid.to("cpu", self.store_dtype, memory_format=torch.contiguous_format)
+
+    def _keep(self, name: str, chunk: torch.Tensor, n_positions: int) -> None:
+        """Store a layer's chunk of steps (S, B, [heads,] tokens, h', w') of a feature map with ``n_positions``."""
+        self._resolutions[name] = positions_hw(self._latent_hw, n_positions)
+        self._steps.setdefault(name, []).append(chunk)
 
     @property
     def nbytes(self) -> int:

@@ -297,6 +297,18 @@ def _check(pipe, step, seed, steps, guidance) -> int:
     return whole("step", step, 0, _n_timesteps(pipe, int(steps)) - 1)
 
 
+def _negative_recorder(pipe, view, height: int | None, width: int | None) -> AttentionRecorder:
+    """Records the unconditional branch's maps: the negative prompt's words (``view``), stored small."""
+    return AttentionRecorder(
+        pipe,
+        branch=Branch.UNCOND,
+        token_count=view.n_used,
+        max_resolution=STORE_MAX_RESOLUTION,
+        height=height,
+        width=width,
+    )
+
+
 def guidance_parts(
     pipe,
     prompt: str,
@@ -310,6 +322,8 @@ def guidance_parts(
     width: int | None = None,
     preview: LatentPreview | None = None,
     lock=None,
+    stop=None,
+    progress=None,
 ) -> GuidanceParts:
     """Generate once and take step ``step``'s classifier-free guidance apart (module docstring).
 
@@ -318,28 +332,20 @@ def guidance_parts(
         prompt: The prompt.
         step: Index into the scheduler's timesteps, 0 to ``len(timesteps) - 1`` (PNDM has ``steps + 1``).
         negative_prompt: The negative prompt ("" for the empty prompt).
-        seed: Seed of the run.
-        steps: Denoising steps.
+        seed, steps: The run's seed and denoising steps.
         guidance: Scale g; must be above 1 (at 1 or below the pipeline runs only the conditional branch).
-        height: Image height in pixels (default: the model's).
-        width: Image width in pixels.
+        height, width: Image size in pixels (default: the model's).
         preview: A fitted latent preview (fitted here otherwise).
-        lock: Held for the pipeline call.
+        lock, stop, progress: As for :func:`~explain.engine.run.recorded_run`: held for the call; a
+            ``threading.Event`` that ends the run after the current step; a ``RunProgress`` updated every step.
 
     Raises:
-        ValueError: bad settings, guidance <= 1, a step outside the run, or a pipeline other than SD 1.x / 2.x.
+        ValueError: bad settings, guidance <= 1, a step outside the run, a pipeline other than SD 1.x / 2.x, or
+            a run stopped before step ``step`` was taken.
     """
     k = _check(pipe, step, seed, steps, guidance)
     negative_view = tokenize_prompt(pipe.tokenizer, negative_prompt)
-    tap = _StepTap(k)
-    negative = AttentionRecorder(
-        pipe,
-        branch=Branch.UNCOND,
-        token_count=negative_view.n_used,
-        max_resolution=STORE_MAX_RESOLUTION,
-        height=height,
-        width=width,
-    )
+    tap, negative = _StepTap(k), _negative_recorder(pipe, negative_view, height, width)
     call = dict(
         prompt=prompt,
         negative_prompt=negative_prompt or None,
@@ -349,7 +355,14 @@ def guidance_parts(
         width=width,
         callback_on_step_end_tensor_inputs=TAP_INPUTS,
     )
-    run = recorded_run(pipe, call, seed=seed, capture=Capture(film=False), contexts=[tap, negative], lock=lock)
+    capture = Capture(film=False)
+    run = recorded_run(
+        pipe, call, seed=seed, capture=capture, contexts=[tap, negative], stop=stop, progress=progress, lock=lock
+    )
+    if tap.latents_out is None:  # stopped before step k finished: there is no step to take apart
+        raise ValueError(
+            f"The run was stopped after {run.steps_done} steps, before step {k + 1}: nothing to take apart."
+        )
     scheduler, latents = _entering(pipe, tap, run.noise, int(steps))
     timestep = scheduler.timesteps[k]
     preview = preview if preview is not None else LatentPreview.fit(pipe.vae)

@@ -51,6 +51,7 @@ from explain.capture.swap import compose_callbacks
 from explain.clip.tokens import TokenView, tokenize_prompt
 from explain.clip.vocabulary import unknown_words, vocabulary_of
 from explain.diffusion.geometry import Geometry
+from explain.diffusion.steps import StepPlan
 from explain.joint.recording import (
     FILM_NOT_RECORDED,
     JointRecorded,
@@ -299,10 +300,11 @@ class _StepCounter:
 
     def __call__(self, pipe, step_index, timestep, callback_kwargs):
         self.last = time.perf_counter()
-        self.steps_done = (step_index + 1) // getattr(pipe.scheduler, "order", 1)  # Heun: 2 calls a step
+        plan = StepPlan.of(pipe.scheduler)  # Heun: 2 calls a step; PNDM: one warm-up call
+        self.steps_done = plan.steps_done(step_index)
         if self.progress is not None:
             self.progress.steps_done = self.steps_done
-            self.progress.total = len(pipe.scheduler.timesteps) // pipe.scheduler.order  # PNDM runs one more
+            self.progress.total = plan.total
         if self.stop is not None and self.stop.is_set():
             pipe._interrupt = True  # diffusers' documented early stop: the loop skips the rest
         return callback_kwargs

@@ -42,8 +42,11 @@ from explain.capture.film import LatentPreview
 from explain.clip.model import CLIP_SUBDIR, load_clip
 from explain.diffusion.geometry import Geometry, SizeLimits
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline, recommended_settings, scheduler_class
+from explain.diffusion.steps import StepPlan
 from explain.engine.requests import SCHEDULER_CHOICES, GenerationRequest
 from explain.engine.run import Capture, RunProgress, recorded_run
+
+WARM_UP_PROMPT = "a red circle in the center"
 
 __all__ = [
     "StepUpdate",
@@ -199,12 +202,16 @@ class Engine:
             return self._preview
 
     def warm_up(self) -> None:
-        """Load everything and run one short generation, so the first real request is fast."""
+        """Load everything and run one step at the smallest size the U-Net accepts, so the first real request
+        does not pay for loading and first-call set-up, and the first visitor does not wait for a full-size warm-up
+        (an SD 1.5-sized model on a CPU: ~80 s at 512 x 512, a second or two at 64 x 64)."""
         pipe = self.pipeline()
         self.latent_preview()
         with contextlib.suppress(FileNotFoundError):
             self.clip()
-        for _ in generate_stream(pipe, GenerationRequest("a red circle in the center", steps=2), lock=self.lock):
+        side = size_limits(pipe).multiple
+        request = GenerationRequest(WARM_UP_PROMPT, steps=1, height=side, width=side)
+        for _ in generate_stream(pipe, request, lock=self.lock):
             pass
 
     def start_warm_up(self) -> threading.Thread:
@@ -309,7 +316,7 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started, 
         run = request_pipeline(pipe, request.scheduler)
 
         def on_frame(frame):
-            total = len(run.scheduler.timesteps) // run.scheduler.order  # PNDM runs one more than asked
+            total = StepPlan.of(run.scheduler).total
             elapsed = time.perf_counter() - started
             items.put(StepUpdate(frame.step, total, frame.timestep, frame.image[0], frame.source, elapsed))
 

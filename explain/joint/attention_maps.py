@@ -120,6 +120,18 @@ class JointAttentionMaps:
         return maps[:, [kept[c] for c in columns]].sum(dim=1)
 
 
+@dataclass(frozen=True, eq=False)  # holds tensors
+class _Pending:
+    """A deferred layer call: references to its Q_img and K, and where its scores go."""
+
+    layer: int  # row of the accumulators
+    slot: int  # step (``per_step``) or 0
+    query: torch.Tensor  # (B', heads, N, d)
+    key: torch.Tensor  # (B', heads, L, d)
+    text: slice
+    scale: float
+
+
 class JointAttentionRecorder:
     """Context manager recording the image x text block of every joint-attention layer (both normalisations).
 
@@ -155,14 +167,15 @@ class JointAttentionRecorder:
         default = pipe.default_sample_size * pipe.vae_scale_factor
         self.image_hw = (height or default, width or default)
         self.grid_hw = grid_hw(pipe, *self.image_hw)
+        self._n_image = self.grid_hw[0] * self.grid_hw[1]
         self.work_bytes = work_bytes
         self.layers = None if layers is None else tuple(layers)
         self._slot_of: dict[str, int] = {}  # recorded layer -> row of the accumulators
         self.capture = JointCapture(pipe, self, branch=branch)
-        self._pending: list[JointCall] = []
+        self._pending: list[_Pending] = []
         self._pending_bytes = 0
-        self._acc: dict[int, dict[str, torch.Tensor]] = {}  # slot -> share/text (layers, B, H', K, N), mass
-        self._counts: dict[int, torch.Tensor] = {}  # slot -> (layers,) calls added
+        self._acc: dict[int, torch.Tensor] = {}  # slot -> (layers, B, H', 2K + 1, N): [share | text | mass] sums
+        self._counts: dict[int, list[int]] = {}  # slot -> calls added per layer
         self._n_text: int | None = None
         self._column_index: torch.Tensor | None = None
 
@@ -187,17 +200,20 @@ class JointAttentionRecorder:
         """Nothing to do per call: steps are read from each layer call."""
 
     def on_call(self, call: JointCall) -> None:
-        if call.name not in self._slot_of:
+        slot = self._slot_of.get(call.name)
+        if slot is None:
             return
-        n_image = call.image.stop - call.image.start
-        if n_image != self.grid_hw[0] * self.grid_hw[1]:
+        image, text, tensors = call.image, call.text, call.tensors
+        n_image = image.stop - image.start
+        if n_image != self._n_image:
             raise ValueError(
                 f"{call.name} has {n_image} image tokens, not the {self.grid_hw} grid of a {self.image_hw} image: "
                 "pass the generation's height and width to the recorder"
             )
-        self._pending.append(call)
-        q, k = call.tensors.query, call.tensors.key
-        self._pending_bytes += (q[..., call.image, :].numel() + k.numel()) * q.element_size()
+        q, k = tensors.query[:, :, image], tensors.key  # (B', heads, N, d), (B', heads, L, d): references only
+        self._pending.append(_Pending(slot, call.step if self.per_step else 0, q, k, text, tensors.scale))
+        b, heads, length, d = k.shape
+        self._pending_bytes += 2 * b * heads * length * d * k.element_size()  # the Q and K they keep alive
         if self._pending_bytes > self.work_bytes:
             self._flush()
 
@@ -217,66 +233,58 @@ class JointAttentionRecorder:
     @torch.no_grad()
     def _flush(self) -> None:
         """Pending calls -> accumulators: one batched score computation per group of equal shapes."""
-        groups: dict[tuple, list[JointCall]] = {}
+        groups: dict[tuple, list[_Pending]] = {}
         for call in self._pending:
-            key = (tuple(call.tensors.query.shape), call.image.start, call.text.start, call.text.stop)
-            groups.setdefault(key, []).append(call)
+            groups.setdefault((call.query.shape, call.key.shape, call.text.start, call.text.stop), []).append(call)
         self._pending, self._pending_bytes = [], 0
-        n_layers = len(self._slot_of)
         for calls in groups.values():
-            first = calls[0]
-            columns = self._columns_for(first.text.stop - first.text.start, first.tensors.query.device)
-            q = torch.stack([c.tensors.query[:, :, c.image] for c in calls])  # (M, B, heads, N, d)
-            k = torch.stack([c.tensors.key for c in calls])  # (M, B, heads, L, d)
-            scores = text_scores(q, k, first.text, columns, first.tensors.scale, self.work_bytes)
-            share, text, mass = scores.share, scores.text, scores.mass  # (M, B, heads, N, K), (M, B, heads, N)
-            if not self.per_head:
-                share, text, mass = share.mean(2, keepdim=True), text.mean(2, keepdim=True), mass.mean(2, keepdim=True)
-            share, text = share.transpose(-1, -2), text.transpose(-1, -2)  # (M, B, H', K, N)
-            slots = [c.step if self.per_step else 0 for c in calls]
-            for slot in sorted(set(slots)):
-                rows = [i for i, s in enumerate(slots) if s == slot]
-                pick = torch.tensor(rows, device=share.device)
-                layer = torch.tensor([self._slot_of[calls[i].name] for i in rows], device=share.device)
-                if slot not in self._acc:
-                    self._acc[slot] = {
-                        "share": share.new_zeros((n_layers, *share.shape[1:])),
-                        "text": text.new_zeros((n_layers, *text.shape[1:])),
-                        "mass": mass.new_zeros((n_layers, *mass.shape[1:])),
-                    }
-                    self._counts[slot] = torch.zeros(n_layers, dtype=torch.long)
-                acc = self._acc[slot]
-                if len(rows) == len(calls):  # the common case: no gather needed
-                    acc["share"].index_add_(0, layer, share)
-                    acc["text"].index_add_(0, layer, text)
-                    acc["mass"].index_add_(0, layer, mass)
-                else:
-                    acc["share"].index_add_(0, layer, share.index_select(0, pick))
-                    acc["text"].index_add_(0, layer, text.index_select(0, pick))
-                    acc["mass"].index_add_(0, layer, mass.index_select(0, pick))
-                self._counts[slot].index_add_(0, layer.cpu(), torch.ones(len(rows), dtype=torch.long))
+            self._add(calls)
+
+    def _add(self, calls: list[_Pending]) -> None:
+        """Scores of calls of one shape, added to the accumulators of their steps (or of the one mean slot)."""
+        first = calls[0]
+        columns = self._columns_for(first.text.stop - first.text.start, first.query.device)
+        q = torch.stack([c.query for c in calls])  # (M, B, heads, N, d)
+        k = torch.stack([c.key for c in calls])  # (M, B, heads, L, d)
+        packed = text_scores(q, k, first.text, columns, first.scale, self.work_bytes).packed
+        if not self.per_head:
+            packed = packed.mean(dim=2, keepdim=True)  # (M, B, 1, N, 2K + 1)
+        packed = packed.transpose(-1, -2)  # (M, B, H', 2K + 1, N): [share | text | mass] rows
+        n_layers = len(self._slot_of)
+        for slot in sorted({c.slot for c in calls}):
+            rows = [i for i, c in enumerate(calls) if c.slot == slot]
+            if slot not in self._acc:
+                self._acc[slot] = packed.new_zeros((n_layers, *packed.shape[1:]))  # (layers, B, H', 2K + 1, N)
+                self._counts[slot] = [0] * n_layers
+            layers = [calls[i].layer for i in rows]
+            source = packed if len(rows) == len(calls) else packed[rows]  # the common case needs no gather
+            self._acc[slot].index_add_(0, torch.tensor(layers, device=packed.device), source)
+            for layer in layers:
+                self._counts[slot][layer] += 1
 
     def result(self) -> JointAttentionMaps:
         """Turn what is pending into maps and return means over the calls of each step (or of all steps)."""
         self._flush()
         if not self._acc:
             raise RuntimeError("nothing was recorded: run the pipeline inside the `with JointAttentionRecorder(...)`")
-        h, w = self.grid_hw
         slots = sorted(self._acc)
-        out: dict[str, dict[str, torch.Tensor]] = {"share": {}, "text": {}, "mass": {}}
-        for field in out:
-            stacked = torch.stack([self._acc[s][field].cpu() for s in slots], dim=1)  # (layers, S', B, H', [K,] N)
-            counts = torch.stack([self._counts[s] for s in slots], dim=1).clamp(min=1)  # (layers, S')
-            mean = stacked / counts.view(*counts.shape, *([1] * (stacked.ndim - 2)))
-            grid = mean.unflatten(-1, (h, w))
-            for name, index in self._slot_of.items():
-                out[field][name] = grid[index]
-        n_text = self._n_text
+        stacked = torch.stack([self._acc[s] for s in slots], dim=1).cpu()  # (layers, S', B, H', 2K + 1, N)
+        counts = torch.tensor([[self._counts[s][i] for s in slots] for i in range(len(self._slot_of))])
+        mean = stacked / counts.clamp(min=1).view(*counts.shape, 1, 1, 1, 1).to(stacked.dtype)
+        grid = mean.unflatten(-1, self.grid_hw)  # (layers, S', B, H', 2K + 1, h, w)
+        n_kept = (grid.shape[4] - 1) // 2
+        fields = {
+            "share": grid[:, :, :, :, :n_kept].contiguous(),  # (layers, S', B, H', K, h, w)
+            "text": grid[:, :, :, :, n_kept:-1].contiguous(),
+            "mass": grid[:, :, :, :, -1].contiguous(),  # (layers, S', B, H', h, w)
+        }
+        out = {field: {name: t[index] for name, index in self._slot_of.items()} for field, t in fields.items()}
+        n_text, layers = self._n_text, self.capture.layers
         return JointAttentionMaps(
             share=out["share"],
             text=out["text"],
             mass=out["mass"],
-            kinds={name: self.capture.layers[name][1] for name in self._slot_of},
+            kinds={name: layers[name][1] for name in self._slot_of},
             columns=self.columns if self.columns is not None else tuple(range(n_text)),
             n_text=n_text,
             grid_hw=self.grid_hw,

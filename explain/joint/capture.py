@@ -1,9 +1,10 @@
-"""Scoped capture of the joint-attention layers of SD3 / SD3.5 and Flux through ``set_attn_processor``.
+"""Scoped capture of the joint-attention layers of SD3 / SD3.5 and Flux through their ``set_processor``.
 
 :class:`JointCapture` is a context manager that puts a capturing processor on every joint-attention layer of
 ``pipe.transformer`` (SD3 ``transformer_blocks.*.attn``; Flux ``transformer_blocks.*.attn`` and
 ``single_transformer_blocks.*.attn``; SD3.5's image-only ``attn2`` is left alone) and sets the original processors back
-on exit, also when the body raises. The capturing processor computes the layer output with the op-for-op copy of
+on exit, also when the body raises (:class:`explain.capture.swap.ProcessorSwap`, one walk of the module tree and
+each layer's public ``set_processor``). The capturing processor computes the layer output with the op-for-op copy of
 the original (:mod:`explain.joint.processors`), so the image is bitwise the same, and hands a :class:`JointCall` to
 each *sink* (:class:`~explain.joint.attention_maps.JointAttentionRecorder`,
 :class:`~explain.joint.concepts.ConceptAttentionRecorder`). A processor it cannot mirror (IP-Adapter, masks,
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
 
 from explain.capture.swap import Branch, ProcessorSwap, cond_rows
 from explain.joint.processors import JointTensors, flux_joint, mirrors, sd3_joint
@@ -55,9 +58,7 @@ def family_of(pipe) -> Family:
     raise ValueError(f"not a joint-attention pipeline (SD3 or Flux transformer): {type(transformer).__name__}")
 
 
-def layer_kind(transformer, family: Family, name: str) -> LayerKind | None:
-    """JOINT, SINGLE or None (not a joint-attention layer: SD3.5's image-only ``attn2``) for module path ``name``."""
-    module = transformer.get_submodule(name)
+def _kind_of(module, family: Family) -> LayerKind | None:
     if getattr(module, "added_kv_proj_dim", None) is not None:
         return LayerKind.JOINT
     if family is Family.FLUX and getattr(module, "pre_only", False):
@@ -65,13 +66,26 @@ def layer_kind(transformer, family: Family, name: str) -> LayerKind | None:
     return None
 
 
+def layer_kind(transformer, family: Family, name: str) -> LayerKind | None:
+    """JOINT, SINGLE or None (not a joint-attention layer: SD3.5's image-only ``attn2``) for module path ``name``."""
+    return _kind_of(transformer.get_submodule(name), family)
+
+
+def _joint_modules(transformer, family: Family) -> dict[str, tuple[torch.nn.Module, LayerKind]]:
+    """Joint-attention modules in execution order (one walk of the tree): path -> (module, kind)."""
+    found = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, (Attention, AttentionModuleMixin)):  # the modules with diffusers' processor API
+            kind = _kind_of(module, family)
+            if kind is not None:
+                found[name] = (module, kind)
+    return found
+
+
 def joint_layers(pipe) -> dict[str, LayerKind]:
     """Every joint-attention layer of ``pipe.transformer`` in execution order: module path -> kind (what
     :class:`JointCapture` records; SD3.5's image-only ``attn2`` is left out)."""
-    family = family_of(pipe)
-    names = (key.removesuffix(".processor") for key in pipe.transformer.attn_processors)
-    kinds = {name: layer_kind(pipe.transformer, family, name) for name in names}
-    return {name: kind for name, kind in kinds.items() if kind is not None}
+    return {name: kind for name, (_, kind) in _joint_modules(pipe.transformer, family_of(pipe)).items()}
 
 
 def grid_hw(pipe, height: int, width: int) -> tuple[int, int]:
@@ -127,16 +141,19 @@ def _rows(tensors: JointTensors, rows: slice) -> JointTensors:
 class _CaptureProcessor:
     """Computes the layer output as the original processor does and hands the call to the capture's sinks."""
 
-    def __init__(self, original, name: str, capture: JointCapture):
+    def __init__(self, original, name: str, index: int, kind: LayerKind, capture: JointCapture):
         self.original = original
         self.name = name
+        self.index = index  # position among the captured layers, in execution order
+        self.kind = kind
         self.capture = capture
+        self._sd3 = capture.family is Family.SD3
         self._mirrored = mirrors(original, None, {})  # the exact default class: its op-for-op copy runs instead
         self._backend = getattr(original, "_attention_backend", None)  # Flux: dispatch_attention_fn's arguments
         self._parallel = getattr(original, "_parallel_config", None)
 
     def _run(self, attn, hidden_states, encoder_hidden_states, image_rotary_emb):
-        if self.capture.family is Family.SD3:
+        if self._sd3:
             return sd3_joint(attn, hidden_states, encoder_hidden_states)
         return flux_joint(
             attn,
@@ -151,11 +168,11 @@ class _CaptureProcessor:
         if self._mirrored and attention_mask is None:
             out, tensors = self._run(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         else:  # the original computes the output; the capture is recomputed on the side
-            extra = {} if self.capture.family is Family.SD3 else {"image_rotary_emb": image_rotary_emb}
+            extra = {} if self._sd3 else {"image_rotary_emb": image_rotary_emb}
             out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **extra)
             with torch.no_grad():
                 _, tensors = self._run(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        self.capture._dispatch(self.name, attn, hidden_states, tensors)
+        self.capture._dispatch(self, attn, hidden_states, tensors)
         return out
 
 
@@ -188,21 +205,19 @@ class JointCapture:
         self._n_text: int | None = None  # text length of the current call, from its joint layers
         self.timesteps: list[float] = []
 
-    def _kind(self, name: str) -> LayerKind | None:
-        return layer_kind(self.transformer, self.family, name)  # None: SD3.5's image-only attn2
-
     def __enter__(self) -> JointCapture:
         if self._swap is not None:
             raise RuntimeError("this joint capture is already active")
         self._layers = {}
 
-        def wrap(name: str, processor):  # called in execution order: joint blocks, then single blocks
-            self._layers[name] = (len(self._layers), self._kind(name))
-            return _CaptureProcessor(processor, name, self)
+        def wrap(name: str, original):  # called in execution order: joint blocks, then single blocks
+            index, kind = len(self._layers), _kind_of(self.transformer.get_submodule(name), self.family)
+            self._layers[name] = (index, kind)
+            return _CaptureProcessor(original, name, index, kind, self)
 
         swap = ProcessorSwap(
             self.transformer,
-            lambda name, _: self._kind(name) is not None,
+            lambda _, module: _kind_of(module, self.family) is not None,
             wrap,
             "the transformer has no joint-attention layers",
         )
@@ -221,6 +236,7 @@ class JointCapture:
         self.restore()
 
     def restore(self) -> None:
+        """Set the original processors back (what :meth:`__exit__` does)."""
         if self._swap is not None:
             self._swap.restore()
             self._swap = None
@@ -257,14 +273,13 @@ class JointCapture:
         for sink in self.sinks:
             sink.on_transformer_call(self._step, t, self._rows)
 
-    def _dispatch(self, name, attn, hidden_states, tensors: JointTensors) -> None:
-        index, kind = self._layers[name]
-        if index <= self._last_index:  # layers run in order, so a repeat means a new transformer call
+    def _dispatch(self, layer: _CaptureProcessor, attn, hidden_states, tensors: JointTensors) -> None:
+        if layer.index <= self._last_index:  # layers run in order, so a repeat means a new transformer call
             self._start_call(hidden_states.shape[0])
-        self._last_index = index
+        self._last_index = layer.index
         if not self._recording:
             return
-        if kind is LayerKind.JOINT:
+        if layer.kind is LayerKind.JOINT:
             image, text = tensors.image, tensors.text
             self._n_text = text.stop - text.start
         else:
@@ -272,6 +287,8 @@ class JointCapture:
                 raise RuntimeError("a single-stream layer ran before any joint layer: its text length is unknown")
             length = hidden_states.shape[1]
             image, text = slice(self._n_text, length), slice(0, self._n_text)
-        call = JointCall(name, index, kind, self._step, _rows(tensors, self._rows), image, text, attn)
+        call = JointCall(
+            layer.name, layer.index, layer.kind, self._step, _rows(tensors, self._rows), image, text, attn
+        )
         for sink in self.sinks:
             sink.on_call(call)

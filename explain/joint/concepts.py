@@ -184,6 +184,8 @@ class ConceptAttentionRecorder:
             raise ValueError(f"not joint layers: {unknown} (joint layers: {joint})")
         self.capture = capture
         self._recorded = tuple(n for n in joint if self.layers is None or n in self.layers)
+        self._last = self._recorded[-1] if self._recorded else None  # the stream is not needed after this layer
+        self._blocks = {name: capture.transformer.get_submodule(name.rsplit(".", 1)[0]) for name in joint}
 
     @torch.no_grad()
     def _time_embedding(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
@@ -222,18 +224,28 @@ class ConceptAttentionRecorder:
     def on_call(self, call: JointCall) -> None:
         if call.kind is not LayerKind.JOINT or self._stream is None:
             return
-        block = self.capture.transformer.get_submodule(call.name.rsplit(".", 1)[0])
-        phi, self._stream = self._concept_step(block, call, call.name in self._recorded)
+        last = call.name == self._last  # later blocks would only update a stream no φ reads
+        phi, stream = self._concept_step(self._blocks[call.name], call, call.name in self._recorded, not last)
+        self._stream = None if last else stream
         if phi is None:
             return
         slot = call.step if self.per_step else 0
         acc, counts = self._acc.setdefault(slot, {}), self._counts.setdefault(slot, {})
-        acc[call.name] = phi if call.name not in acc else acc[call.name] + phi
+        if call.name in acc:
+            acc[call.name].add_(phi)
+        else:
+            acc[call.name] = phi
         counts[call.name] = counts.get(call.name, 0) + 1
 
-    def _concept_step(self, block, call: JointCall, record: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One block for the concept stream: φ (B', H', C, N) if ``record``, and the updated stream (None after the
-        last block)."""
+    def _concept_step(
+        self, block, call: JointCall, record: bool, update: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One block for the concept stream: φ (B', H', C, N) if ``record``, and the updated stream if ``update``
+        (None after the last block).
+
+        Helbling et al. 2025: o_c = softmax(q_c [k_x; k_c]ᵀ / √d) [v_x; v_c], φ = o_c · o_xᵀ (summed over heads
+        unless ``per_head``: one product over the concatenated heads, (C, H·d) x (H·d, N)).
+        """
         attn, stream, temb = call.attn, self._stream, self._temb
         pre_only = getattr(block, "context_pre_only", False)  # SD3's last block: no text-stream update after it
         if pre_only:
@@ -252,15 +264,16 @@ class ConceptAttentionRecorder:
         keys = torch.cat([call.tensors.key[:, :, image], k_c], dim=2)  # (B', heads, N + C, d)
         values = torch.cat([call.tensors.value[:, :, image], v_c], dim=2)
         o_c = F.scaled_dot_product_attention(q_c, keys, values)  # (B', heads, C, d); Flux: concepts at position 0
+        flat = o_c.transpose(1, 2).flatten(2)  # (B', C, heads*d)
         phi = None
-        if record:
+        if record and self.per_head:
             o_x = _heads(call.tensors.heads_out[:, image], head_dim)  # (B', heads, N, d)
             phi = o_c.float() @ o_x.float().transpose(-1, -2)  # (B', heads, C, N)
-            if not self.per_head:
-                phi = phi.sum(dim=1, keepdim=True)  # (B', 1, C, N) = o_c · o_x over all heads
-        if pre_only:
+        elif record:
+            o_x = call.tensors.heads_out[:, image]  # (B', N, heads*d)
+            phi = torch.bmm(flat.float(), o_x.float().transpose(1, 2)).unsqueeze(1)  # (B', 1, C, N)
+        if pre_only or not update:
             return phi, None
-        flat = o_c.transpose(1, 2).flatten(2)  # (B', C, heads*d)
         stream = stream + gate_msa.unsqueeze(1) * attn.to_add_out(flat)
         normed = block.norm2_context(stream) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         stream = stream + gate_mlp.unsqueeze(1) * block.ff_context(normed)

@@ -114,23 +114,54 @@ def select_layers(
     return names
 
 
-def _layer_mean(
+def _layers_mean(
     captured: CapturedAttention,
-    name: str,
+    names: list[str],
     steps: list[int] | slice,
     heads: list[int] | None,
     image_index: int,
     size: tuple[int, int],
 ) -> torch.Tensor:
-    """One layer's maps, upsampled per (step, head) and averaged: (tokens, *size) float32."""
-    maps = captured.maps[name][steps, image_index].float()  # (S, [heads,] T, h, w)
-    if captured.per_head:
-        if heads is not None:
-            maps = maps[:, heads]
-        maps = maps.flatten(0, 1)  # (S*heads, T, h, w)
-    elif heads is not None:
+    """Each layer's maps upsampled per (step, head) and averaged: (layers, tokens, *size) float32, ``names`` order.
+
+    Layers of equal map shape (one U-Net resolution) go through each op together: a few large ops instead of many
+    small ones. Every map is still upsampled and clamped on its own and each layer's mean runs over the same numbers
+    in the same order, so the result is that of one layer at a time, bit for bit (tests/test_capture_fast_path.py).
+    """
+    if heads is not None and not captured.per_head:
         raise ValueError("heads were averaged during capture; record with per_head=True to select heads")
-    return _upsample(maps, size).mean(dim=0)  # (T, *size)
+    groups: dict[tuple, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault((tuple(captured.maps[name].shape[2:]), captured.maps[name].dtype), []).append(i)
+    means: list[torch.Tensor | None] = [None] * len(names)
+    for members in groups.values():
+        maps = torch.stack(
+            [captured.maps[names[i]][steps, image_index] for i in members]
+        ).float()  # (G, S, [heads,] T, h, w)
+        if captured.per_head:
+            if heads is not None:
+                maps = maps[:, :, heads]
+            maps = maps.flatten(1, 2)  # (G, S*heads, T, h, w)
+        group_means = _upsample(maps, size).mean(dim=1)  # (G, T, *size)
+        for g, i in enumerate(members):
+            means[i] = group_means[g]
+    return torch.stack(means)  # (layers, T, *size)
+
+
+def _span_sums(token_maps: torch.Tensor, spans: list[list[int]]) -> torch.Tensor:
+    """(n_spans, H, W): per span the sum of its (n_tokens, H, W) ``token_maps``; spans of one length in one op.
+
+    ``token_maps[idx].sum(dim=1)`` over (n, length, H, W) adds each span's maps in the order ``sum(dim=0)`` does
+    for one span, so the sums are the same bits as one :func:`_span_sum` per span.
+    """
+    out = token_maps.new_empty((len(spans), *token_maps.shape[1:]))  # (n_spans, H, W)
+    by_length: dict[int, list[int]] = {}
+    for i, span in enumerate(spans):
+        by_length.setdefault(len(span), []).append(i)
+    for members in by_length.values():
+        index = torch.tensor([spans[i] for i in members], dtype=torch.long)  # (n, length)
+        out[members] = token_maps[index].sum(dim=1)  # (n, H, W)
+    return out
 
 
 def aggregate(
@@ -163,13 +194,13 @@ def aggregate(
     heads = None if heads is None else list(heads)
     names = select_layers(captured, layers, resolutions)
     latent = captured.latent_hw
-    per_layer = [_layer_mean(captured, n, steps, heads, image_index, latent) for n in names]
-    token_maps = _upsample(torch.stack(per_layer).mean(dim=0), image_size or captured.image_hw)  # (T, H, W)
+    per_layer = _layers_mean(captured, names, steps, heads, image_index, latent)  # (layers, T, *latent)
+    token_maps = _upsample(per_layer.mean(dim=0), image_size or captured.image_hw)  # (T, H, W)
     n_tokens = token_maps.shape[0]
     if view is None:
         return TokenMaps(token_maps, tuple(str(i) for i in range(n_tokens)), (), token_maps[:0])
     words = [w for w in view.words if max(w.token_indices) < n_tokens]
-    word_maps = torch.stack([_span_sum(token_maps, w.token_indices) for w in words]) if words else token_maps[:0]
+    word_maps = _span_sums(token_maps, [list(w.token_indices) for w in words]) if words else token_maps[:0]
     return TokenMaps(token_maps, tuple(view.tokens[:n_tokens]), tuple(w.text for w in words), word_maps)
 
 

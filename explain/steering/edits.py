@@ -47,6 +47,7 @@ from explain.capture.op import explicit_output, explicit_probs, project
 from explain.capture.recorder import CapturedAttention
 from explain.capture.swap import CrossAttentionSwap, cond_rows
 from explain.clip.tokens import tokenize_prompt
+from explain.diffusion.steps import StepPlan
 from explain.engine.requests import quoted
 
 __all__ = [
@@ -200,10 +201,10 @@ class AttentionSteering:
 
     Pass ``steering.callback_on_step_end`` to the pipeline (chain others with
     :func:`explain.capture.recorder.compose_callbacks`): it advances the step counter, so step-ranged edits and
-    :class:`Replace` know the denoising step (``step_index // scheduler.order``, as
+    :class:`Replace` know the denoising step (:class:`explain.diffusion.steps.StepPlan`, as
     :class:`~explain.capture.recorder.AttentionRecorder` counts, so step ``s`` here is step ``s`` of a recording). Edits
     without a step range work without it. Use one ``with`` block per pipeline call (the counter starts at 0 on
-    entry). PNDM (PLMS) repeats its second timestep, so ``num_inference_steps=n`` gives ``n + 1`` counted steps.
+    entry). PNDM's PLMS warm-up call belongs to the first step, so ``num_inference_steps=n`` gives ``n`` steps.
 
     Rows: edits address rows of the *conditional* half of the U-Net batch, one per image (prompt ``i`` with one
     image per prompt is row ``i``). With guidance the batch is ``[negative, positive]`` and the negative half is
@@ -241,8 +242,8 @@ class AttentionSteering:
         return self._step
 
     def callback_on_step_end(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
-        """Pipeline callback: the next U-Net call belongs to step ``(step_index + 1) // scheduler.order``."""
-        self._step = (step_index + 1) // getattr(pipe.scheduler, "order", 1)
+        """Pipeline callback: the next U-Net call belongs to step ``StepPlan.step_of(step_index + 1)``."""
+        self._step = StepPlan.of(pipe.scheduler).step_of(step_index + 1)
         self._calls_since_callback = {}
         return callback_kwargs
 

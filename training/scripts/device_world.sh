@@ -2,10 +2,10 @@
 # Train world v2's model (models/tiny-world-sd) on a lent GPU machine in one call.
 # Usage (repo root, on the device): OUT=dir bash training/scripts/device_world.sh
 # Env: CLIP_S / VAE_S / UNET_S wall-clock budgets per stage (default 150 / 150 / 330 s: ~11 min with data and
-# encoding, inside a 15-minute lease with its start-up). INIT_CLIP: warm start (default: the shapes model's CLIP).
+# encoding, inside a 15-minute lease with its start-up). INIT_CLIP: warm start (default: the committed world CLIP).
 set -u
 CLIP_S=${CLIP_S:-150}; VAE_S=${VAE_S:-150}; UNET_S=${UNET_S:-330}
-INIT_CLIP=${INIT_CLIP:-models/tiny-shapes-sd}
+INIT_CLIP=${INIT_CLIP:-models/candidates/world-clip/clip.safetensors}  # the best world CLIP so far (else models/tiny-shapes-sd)
 W=${WORK:-/tmp/work}; mkdir -p "$W" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 b() { python3 -m training.build --preset world-gpu --work "$W" "$@"; }
