@@ -90,3 +90,28 @@ def test_the_short_text_tower_trains_exactly_like_the_full_one():
     assert torch.equal(full.token_embedding.weight[untouched], before[untouched])
     assert torch.equal(full.positional_embedding[: short_text.length], short.positional_embedding)
     assert torch.equal(full.visual.proj, short.visual.proj)
+
+
+def test_a_warm_start_keeps_only_the_used_token_rows_and_restores_the_model(tmp_path):
+    """save_warm_start stores the non-zero token rows with their ids; init_from gives back the float16 model."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from training.config import preset
+    from training.models import build_clip, zero_unused_token_rows
+    from training.train_clip import USED_IDS_KEY, init_from, save_warm_start, tokenize
+
+    cfg = dataclasses.replace(preset("world-smoke").clip, image_size=32)
+    torch.manual_seed(0)
+    model = build_clip(cfg)
+    used = torch.unique(tokenize(["a cat wearing sunglasses", ""]))
+    zero_unused_token_rows(model, used)
+    path = save_warm_start(model, tmp_path / "clip.safetensors")
+    stored = load_file(path)
+    assert torch.equal(stored[USED_IDS_KEY], used) and stored["token_embedding.weight"].shape == (len(used), 64)
+    restored = build_clip(cfg)
+    assert init_from(restored, path) == []
+    for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a.half().float(), b), name

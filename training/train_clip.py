@@ -22,7 +22,7 @@ from training.config import TrainConfig
 from training.data import WorldData
 from training.models import build_clip, zero_unused_token_rows
 
-__all__ = ["train_clip", "images_to_tensor", "tokenize", "retrieval_top1", "ShortText"]
+__all__ = ["train_clip", "images_to_tensor", "tokenize", "retrieval_top1", "ShortText", "init_from", "save_warm_start"]
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -104,9 +104,30 @@ class ShortText:
         full.load_state_dict(state, strict=False)
 
 
+USED_IDS_KEY = "token_embedding.used_ids"  # save_warm_start: the ids of the token rows it keeps
+
+
+@torch.no_grad()
+def save_warm_start(model: open_clip.CLIP, path: Path) -> Path:
+    """Save ``model`` as a float16 warm start for :func:`init_from`, keeping only the token rows that are not zero.
+
+    Rows of tokens the world never uses are zero (:func:`training.models.zero_unused_token_rows`: no gradient
+    reaches them), so the 49 408-row table shrinks to the few hundred the captions use, stored with their ids
+    (``USED_IDS_KEY``); :func:`init_from` puts them back. Everything else is the open_clip state dict.
+    """
+    state = {k: v.detach().half().cpu().contiguous() for k, v in model.state_dict().items()}
+    table = state.pop("token_embedding.weight")  # (vocab, width)
+    used = torch.nonzero(table.abs().sum(dim=1)).flatten()  # (V,) ids, increasing
+    state["token_embedding.weight"] = table[used].contiguous()  # (V, width)
+    state[USED_IDS_KEY] = used
+    save_file(state, path)
+    return path
+
+
 @torch.no_grad()
 def init_from(model: open_clip.CLIP, source: Path) -> list[str]:
-    """Warm-start ``model`` from another CLIP: a pipeline directory with ``clip/`` or a ``clip.safetensors``.
+    """Warm-start ``model`` from another CLIP: a pipeline directory with ``clip/``, a ``clip.safetensors`` or a file
+    of :func:`save_warm_start`.
 
     Tensors of equal shape are copied. A patch embedding of twice the patch size gets the source kernel
     upsampled (nearest, / 4): on a 2x larger image that computes exactly what the source computed on the 2x2
@@ -122,6 +143,10 @@ def init_from(model: open_clip.CLIP, source: Path) -> list[str]:
     else:
         state = load_file(source)
     own = model.state_dict()
+    if USED_IDS_KEY in state:  # a warm start saved by save_warm_start: its token rows go back to their ids
+        table = torch.zeros_like(own["token_embedding.weight"])  # (vocab, width)
+        table[state.pop(USED_IDS_KEY)] = state["token_embedding.weight"].to(table.dtype)
+        state["token_embedding.weight"] = table
     fresh = []
     for k, v in own.items():
         src = state.get(k)
