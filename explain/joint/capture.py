@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-from diffusers.models.attention import AttentionModuleMixin
-from diffusers.models.attention_processor import Attention
 
 from explain.capture.swap import Branch, ProcessorSwap, cond_rows
 from explain.joint.processors import JointTensors, flux_joint, mirrors, sd3_joint
@@ -75,7 +73,7 @@ def _joint_modules(transformer, family: Family) -> dict[str, tuple[torch.nn.Modu
     """Joint-attention modules in execution order (one walk of the tree): path -> (module, kind)."""
     found = {}
     for name, module in transformer.named_modules():
-        if isinstance(module, (Attention, AttentionModuleMixin)):  # the modules with diffusers' processor API
+        if hasattr(module, "get_processor"):  # the modules with diffusers' processor API, as ProcessorSwap picks them
             kind = _kind_of(module, family)
             if kind is not None:
                 found[name] = (module, kind)
@@ -208,16 +206,15 @@ class JointCapture:
     def __enter__(self) -> JointCapture:
         if self._swap is not None:
             raise RuntimeError("this joint capture is already active")
-        self._layers = {}
+        modules = _joint_modules(self.transformer, self.family)  # execution order: joint, then single blocks
+        self._layers = {name: (index, kind) for index, (name, (_, kind)) in enumerate(modules.items())}
 
-        def wrap(name: str, original):  # called in execution order: joint blocks, then single blocks
-            index, kind = len(self._layers), _kind_of(self.transformer.get_submodule(name), self.family)
-            self._layers[name] = (index, kind)
-            return _CaptureProcessor(original, name, index, kind, self)
+        def wrap(name: str, original):
+            return _CaptureProcessor(original, name, *self._layers[name], self)
 
         swap = ProcessorSwap(
             self.transformer,
-            lambda _, module: _kind_of(module, self.family) is not None,
+            lambda name, _: name in self._layers,
             wrap,
             "the transformer has no joint-attention layers",
         )
