@@ -116,7 +116,7 @@ def build_demo(engine=None, shared: bool = False) -> gr.Blocks:
             with gr.Tab("2 · Forward noising", id=TAB_IDS[1]) as noise_tab:
                 noise_inputs, noise_outputs = noise.build(limits.chain_length)
             with gr.Tab("3 · Denoise & attend", id=TAB_IDS[2]):
-                attend_parts = attend.build(limits.size)
+                attend_parts = attend.build(limits.size, limits.joint)
             with gr.Tab("4 · Steer with words", id=TAB_IDS[3]):
                 SteerTab(engine).build()
             with gr.Tab("5 · Use cases", id=TAB_IDS[4]):

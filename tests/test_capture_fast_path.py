@@ -16,7 +16,7 @@ from explain.capture.op import probs_from_qk
 from explain.capture.recorder import AttentionRecorder
 from explain.clip.tokens import tokenize_prompt
 from explain.diffusion.geometry import positions_hw
-from explain.maps.aggregation import _span_sum, _upsample, aggregate, select_layers
+from explain.maps.aggregation import _span_sum, aggregate, select_layers, upsample
 
 PROMPT = "a ginormous red cube beside a teeny blue sphere"
 
@@ -61,8 +61,8 @@ def reference_aggregate(captured, view, steps=slice(None), layers=None, heads=No
         maps = captured.maps[name][steps, 0].float()  # (S, [heads,] T, h, w)
         if captured.per_head:
             maps = (maps if heads is None else maps[:, heads]).flatten(0, 1)
-        per_layer.append(_upsample(maps, captured.latent_hw).mean(dim=0))
-    token_maps = _upsample(torch.stack(per_layer).mean(dim=0), captured.image_hw)
+        per_layer.append(upsample(maps, captured.latent_hw).mean(dim=0))
+    token_maps = upsample(torch.stack(per_layer).mean(dim=0), captured.image_hw)
     words = [w for w in view.words if max(w.token_indices) < token_maps.shape[0]]
     return token_maps, torch.stack([_span_sum(token_maps, w.token_indices) for w in words])
 

@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-lr", type=float, default=None)
     p.add_argument("--unet-warmup", type=int, default=None)
     p.add_argument("--clip-steps", type=int, default=None)
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--latent-channels", type=int, default=None, help="override the VAE's latent channels (4 or 8)")
     p.add_argument("--clip-batch-size", type=int, default=None)
     p.add_argument("--init-unet", type=Path, default=None, help="start the U-Net from these weights (fine-tuning)")
     p.add_argument("--init-clip", type=Path, default=None, help="warm-start CLIP (pipeline dir or clip.safetensors)")
@@ -234,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if clip_over:
         cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, **clip_over))
+    vae_over = {
+        f: getattr(args, a)
+        for a, f in (("vae_steps", "steps"), ("latent_channels", "latent_channels"))
+        if getattr(args, a) is not None
+    }
+    if vae_over:
+        cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, **vae_over))
     if args.n_train is not None:
         cfg = dataclasses.replace(cfg, n_train=args.n_train)
     if unet_over:

@@ -17,6 +17,8 @@ __all__ = [
     "PART_CHOICES",
     "DOWNSAMPLE_CHOICES",
     "NORMALIZATION_CHOICES",
+    "CROSS_ATTENTION",
+    "MAP_KIND_CHOICES",
     "STOP_CONCURRENCY",
     "MAPS_CONCURRENCY",
     "FUNCTION_WORDS",
@@ -62,6 +64,12 @@ NORMALIZATION_CHOICES = [
     ("min-max: each map on its own", "minmax"),
     ("softmax: which word wins at each pixel", "softmax"),
     ("absolute: one scale for all words", "absolute"),
+]
+CROSS_ATTENTION = "cross"  # the map kind of U-Net models: their cross-attention
+MAP_KIND_CHOICES = [  # SD3 / Flux (explain.maps.joint_views.JOINT_MAP_KINDS)
+    ("joint attention, renormalised over the text (≈ cross-attention)", "text"),
+    ("joint attention as computed: softmax over image and text", "joint"),
+    ("ConceptAttention: output space (Helbling et al. 2025)", "concept"),
 ]
 STOP_CONCURRENCY = "control"  # Stop must not wait behind the run it stops
 MAPS_CONCURRENCY = "maps"  # the map views run in order: the view of the last control moved is the one that stays
@@ -135,6 +143,12 @@ class MapQuery:
     normalization: str = "minmax"
     threshold: float = 0
     content_only: bool = True
+    kind: str = CROSS_ATTENTION
+
+    @property
+    def joint_kind(self) -> str | None:
+        """The kind for :func:`explain.maps.views.word_maps` (None: the model's own, cross-attention on U-Nets)."""
+        return None if self.kind in (None, "", CROSS_ATTENTION) else str(self.kind)
 
 
 class Generated(NamedTuple):

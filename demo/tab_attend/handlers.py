@@ -13,6 +13,7 @@ from demo.common import TAB_IDS, export_dir, user_errors
 from demo.tab_attend import layout, views
 from demo.tab_attend.classroom import Classroom
 from demo.tab_attend.forms import (
+    CROSS_ATTENTION,
     DEFAULTS,
     FUNCTION_WORDS,
     RECENT_RESULTS,
@@ -34,6 +35,7 @@ from explain.engine.requests import SCHEDULER_CHOICES, GenerationRequest
 from explain.engine.run import RunProgress
 from explain.engine.session import StepUpdate, generate, generate_stream
 from explain.io.exports import export_film_gif, export_grid_png, export_maps_npz, export_settings_json
+from explain.maps.joint_views import joint_layer_shapes
 from explain.maps.views import MapView, layer_shapes, word_maps
 
 __all__ = ["AttendTab"]
@@ -62,9 +64,10 @@ class AttendTab:
         self._recent_lock = threading.Lock()
         self.classroom = Classroom(self)  # "Score the map" and "Guidance taken apart"
 
-    def build(self, pipe_limits) -> dict:
-        """Create the tab (call inside ``gr.Tab``); returns the inputs that permalinks restore."""
-        return layout.build(self, pipe_limits)
+    def build(self, pipe_limits, joint: bool = False) -> dict:
+        """Create the tab (call inside ``gr.Tab``); returns the inputs that permalinks restore. ``joint``: the model
+        is SD3 / Flux (joint attention: the kind-of-map control shows)."""
+        return layout.build(self, pipe_limits, joint)
 
     # -- generation -------------------------------------------------------------------------------------------------
     def generate(
@@ -123,20 +126,23 @@ class AttendTab:
     def _finish(self, result) -> Generated:
         """Final outputs of a generation: image, status, state, gallery, x_t/x̂₀ pair, film, control updates."""
 
-        view = self._map_view(result, MapQuery())
-        film = export_film_gif(result, export_dir() / "film.gif", preview=self.engine.latent_preview())
-        last = max(0, result.captured.n_steps - 1)
-        layers = list(result.captured.layer_names)
+        joint = result.joint is not None  # SD3 / Flux: joint maps, averaged over steps and heads, no film
+        view = self._map_view(result, MapQuery(kind="text" if joint else CROSS_ATTENTION))
+        preview = None if joint else self.engine.latent_preview()
+        film = export_film_gif(result, export_dir() / "film.gif", preview=preview)
+        last = 0 if joint else max(0, result.captured.n_steps - 1)
+        layers = list(result.joint.maps.layer_names if joint else result.captured.layer_names)
+        heads = 0 if joint else result.captured.shared_heads
         return Generated(
             image=result.image,
             status=views.done_status(result),
             state=result,
             gallery=views.word_gallery(view),
             pair=self._film_pair(result, last),
-            film=str(film),
+            film=None if film is None else str(film),
             # a slider needs minimum < maximum: a one-step run gets 0..1, fixed at 0
             step=gr.update(maximum=max(last, 1), value=last, interactive=last > 0),
-            heads=gr.update(choices=[str(h) for h in range(result.captured.shared_heads)], value=[]),
+            heads=gr.update(choices=[str(h) for h in range(heads)], value=[], interactive=heads > 0),
             layer=gr.update(choices=layers, value=layers[0]),
             qkv=self.qkv(result, layers[0]),
         )
@@ -168,6 +174,15 @@ class AttendTab:
 
     @staticmethod
     def _map_view(result, query: MapQuery) -> MapView:
+        if result.joint is not None:  # SD3 / Flux: one token grid, steps and heads averaged while recording
+            with user_errors():
+                return word_maps(
+                    result,
+                    kind=query.joint_kind or "text",
+                    normalization=query.normalization or "minmax",
+                    threshold=float(query.threshold) if query.threshold else None,
+                    skip_words=FUNCTION_WORDS if query.content_only else (),
+                )
         # step and heads are re-checked here: a generation rebuilds their components (new range, new choices)
         steps = None if query.all_steps or query.step is None else [whole_number(query.step, "step")]
         head_list = [whole_number(h, "head") for h in query.heads] if query.heads else None
@@ -186,27 +201,51 @@ class AttendTab:
     def _film_pair(self, result, step: int) -> list[tuple[np.ndarray, str]]:
         """x_t (the noisy sample after the step, linear latent preview) and x̂₀ at ``step``."""
         frames = result.frames
+        if not frames:  # SD3 / Flux record no film (result.notes says why)
+            return []
         frame = frames[min(max(int(step), 0), len(frames) - 1)]
         noisy = noisy_image(frame, self.engine.latent_preview(), result.size)
         shown = "x̂₀ (predicted clean image)" if frame.source == "x0" else "x_t (no x̂₀ from this scheduler)"
         return [(noisy, f"x_t after step {frame.step + 1}"), (frame.image[0], shown)]
 
     def maps(
-        self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
+        self,
+        result,
+        step,
+        all_steps,
+        parts,
+        downsamples,
+        heads,
+        normalization,
+        threshold,
+        content_only=True,
+        kind=CROSS_ATTENTION,
     ) -> MapOutputs:
-        """Per-word overlays (and masks above the threshold) for the chosen steps, layers, heads and normalisation."""
+        """Per-word overlays (and masks above the threshold) for the chosen steps, layers, heads and normalisation;
+        on SD3 / Flux, of the chosen kind of map."""
         result = self._need(result)
-        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only)
+        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only, kind)
         view = self._map_view(result, query)
         masks = views.word_gallery(view, masks=True) if view.masks is not None else []
-        pair = self._film_pair(result, int(step) if not all_steps else len(result.frames) - 1)
+        pair = self._film_pair(result, int(step) if not all_steps and step is not None else len(result.frames) - 1)
         return MapOutputs(views.word_gallery(view), masks, pair, views.map_info(result, view, query))
 
     def maps_at_step(
-        self, result, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only=True
+        self,
+        result,
+        step,
+        all_steps,
+        parts,
+        downsamples,
+        heads,
+        normalization,
+        threshold,
+        content_only=True,
+        kind=CROSS_ATTENTION,
     ) -> MapsAtStep:
         """Moving the step slider shows that one step (and unticks "all steps")."""
-        shown = self.maps(result, step, False, parts, downsamples, heads, normalization, threshold, content_only)
+        controls = (parts, downsamples, heads, normalization, threshold, content_only, kind)
+        shown = self.maps(result, step, False, *controls)
         return MapsAtStep(*shown, all_steps=False)
 
     def qkv(self, result, layer: str) -> str:
@@ -215,6 +254,8 @@ class AttendTab:
         result = self._need(result)
         height, width = result.size
         with user_errors():
+            if result.joint is not None:
+                return views.joint_qkv_table(joint_layer_shapes(self.engine.pipeline(), layer, result.joint))
             shapes = layer_shapes(self.engine.pipeline(), layer, height, width)
         return views.qkv_table(shapes, result.captured.unet_batch_size)
 
@@ -229,12 +270,14 @@ class AttendTab:
         normalization,
         threshold,
         content_only,
+        kind,
         request: gr.Request,
     ):
-        """Files of the current view: heat-map grid (PNG), film (GIF), raw maps (NPZ), settings (JSON)."""
+        """Files of the current view: heat-map grid (PNG), film (GIF; none on SD3 / Flux), raw maps (NPZ), settings
+        (JSON)."""
 
         result = self._need(result)
-        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only)
+        query = MapQuery(step, all_steps, parts, downsamples, heads, normalization, threshold, content_only, kind)
         view = self._map_view(result, query)
         folder = export_dir()
         grid = export_grid_png(
@@ -244,7 +287,7 @@ class AttendTab:
         npz = export_maps_npz(result, folder / "maps.npz")
         settings = export_settings_json(result, folder / "settings.json", model=self.engine.model)
         link = self.permalink(*request_fields(result.request), request)
-        return ExportFiles(str(grid), str(film), str(npz), str(settings), link)
+        return ExportFiles(str(grid), None if film is None else str(film), str(npz), str(settings), link)
 
     # -- presets and permalinks ---------------------------------------------------------------------------------------
     def _generate(self, req: GenerationRequest):

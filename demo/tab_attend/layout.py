@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gradio as gr
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain, lesson, seed_input
 from demo.tab_attend import layout_classroom
+from demo.tab_attend.components import AttendUI, Deferred, Downloads, MapControls, Settings
 from demo.tab_attend.forms import (
+    CROSS_ATTENTION,
     DEFAULTS,
     DOWNSAMPLE_CHOICES,
+    MAP_KIND_CHOICES,
     MAPS_CONCURRENCY,
     NORMALIZATION_CHOICES,
     PART_CHOICES,
@@ -25,118 +26,16 @@ from explain.maps.aggregation import NORMALIZATIONS
 __all__ = ["build"]
 
 
-@dataclass(frozen=True)
-class Deferred:
-    """The gallery, x_t/x̂₀ pair and film: created first (render=False), rendered in their own sections."""
-
-    gallery: gr.Gallery
-    pair: gr.Gallery
-    film: gr.Image
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The generation form: the request's fields, Generate / Stop and their messages."""
-
-    prompt: gr.Textbox
-    negative: gr.Textbox
-    seed: gr.Number
-    steps: gr.Slider
-    guidance: gr.Slider
-    scheduler: gr.Dropdown
-    height: gr.Slider
-    width: gr.Slider
-    generate: gr.Button
-    stop: gr.Button
-    status: gr.Markdown
-    stop_note: gr.Markdown  # Stop answers here: `status` belongs to the run
-
-    @property
-    def inputs(self) -> list:
-        """The generation inputs, in the order of :meth:`AttendTab.generate`'s parameters."""
-        return [
-            self.prompt,
-            self.negative,
-            self.seed,
-            self.steps,
-            self.guidance,
-            self.scheduler,
-            self.height,
-            self.width,
-        ]
-
-
-@dataclass(frozen=True)
-class MapControls:
-    """Where each word looks: the masks gallery, the map controls and the line saying what is shown."""
-
-    masks: gr.Gallery
-    step: gr.Slider
-    all_steps: gr.Checkbox
-    parts: gr.CheckboxGroup
-    downsamples: gr.CheckboxGroup
-    heads: gr.Dropdown
-    normalization: gr.Radio
-    threshold: gr.Slider
-    content_only: gr.Checkbox
-    info: gr.Markdown
-
-
-@dataclass(frozen=True)
-class Downloads:
-    """The Q/K/V layer and table, the download buttons and the permalink."""
-
-    layer: gr.Dropdown
-    qkv: gr.Markdown
-    prepare: gr.Button
-    grid: gr.DownloadButton
-    film: gr.DownloadButton
-    npz: gr.DownloadButton
-    settings: gr.DownloadButton
-    link: gr.Textbox
-
-
-@dataclass(frozen=True)
-class AttendUI:
-    """Every component of the tab that an event reads or writes."""
-
-    state: gr.State
-    deferred: Deferred
-    form: Settings
-    image: gr.Image
-    examples: gr.Examples
-    maps: MapControls
-    downloads: Downloads
-
-    @property
-    def gen_outputs(self) -> list:
-        """What :meth:`AttendTab.generate` writes, in the order of :class:`~demo.tab_attend.forms.Generated`."""
-        d, m, dl = self.deferred, self.maps, self.downloads
-        return [self.image, self.form.status, self.state, d.gallery, d.pair, d.film, m.step, m.heads, dl.layer, dl.qkv]
-
-    @property
-    def view_inputs(self) -> list:
-        """The state and the map controls, in the order of :meth:`AttendTab.maps`' parameters."""
-        m = self.maps
-        controls = [m.step, m.all_steps, m.parts, m.downsamples, m.heads, m.normalization, m.threshold]
-        return [self.state, *controls, m.content_only]
-
-    @property
-    def view_outputs(self) -> list:
-        """What :meth:`AttendTab.maps` writes, in the order of :class:`~demo.tab_attend.forms.MapOutputs`."""
-        return [self.deferred.gallery, self.maps.masks, self.deferred.pair, self.maps.info]
-
-
-def build(tab, pipe_limits: SizeLimits) -> dict:
+def build(tab, pipe_limits: SizeLimits, joint: bool = False) -> dict:
     """Create the tab on ``tab`` (an :class:`AttendTab`; call inside ``gr.Tab``); returns the permalinks' inputs."""
     assert {v for _, v in NORMALIZATION_CHOICES} == set(NORMALIZATIONS)  # noqa: S101  (choices follow explain/)
     lesson("attend")
     state = gr.State(None)
     deferred = _deferred_outputs()  # shown further down, but the presets (next to the inputs) need them
     form, image, examples = _build_form(tab, deferred, pipe_limits)
-    maps = _build_maps(deferred)
+    maps = _build_maps(deferred, joint)
     scoring = layout_classroom.build_score()
-    downloads = _build_film_and_qkv(deferred)
+    downloads = _build_film_and_qkv(deferred, joint)
     guidance = layout_classroom.build_guidance()
     ui = AttendUI(state, deferred, form, image, examples, maps, downloads)
     generated = _wire_generation(tab, ui)
@@ -243,7 +142,7 @@ def _presets(tab, form: Settings, image: gr.Image, deferred: Deferred) -> gr.Exa
     )
 
 
-def _build_maps(deferred: Deferred) -> MapControls:
+def _build_maps(deferred: Deferred, joint: bool) -> MapControls:
     """Where each word looks: the per-word gallery, masks and the map controls."""
     gr.Markdown("### Where each word looks")
     with gr.Row():
@@ -264,10 +163,16 @@ def _build_maps(deferred: Deferred) -> MapControls:
                 "the image. 'circle' should light up the circle, 'left' the left side. Move the **step** slider: "
                 "the layout is decided in the first steps."
             )
-    return _map_controls(masks)
+        if joint:
+            explain(
+                "This model has **no cross-attention**: text and image tokens attend jointly (MMDiT). Pick the kind "
+                "of map below: the joint attention (image rows × text columns, renormalised over the text or as "
+                "computed) or ConceptAttention, read in the blocks' output space. Maps are averaged over the steps."
+            )
+    return _map_controls(masks, joint)
 
 
-def _map_controls(masks: gr.Gallery) -> MapControls:
+def _map_controls(masks: gr.Gallery, joint: bool) -> MapControls:
     """The step, layer, head, normalisation and threshold controls under the maps."""
     with gr.Row():
         step = gr.Slider(
@@ -288,11 +193,14 @@ def _map_controls(masks: gr.Gallery) -> MapControls:
         normalization = gr.Radio(NORMALIZATION_CHOICES, value="minmax", label="Normalisation")
         threshold = gr.Slider(0, 1, value=0.4, step=0.05, label="Mask threshold (0 = no mask)")
         content_only = gr.Checkbox(True, label="Content words only (hide a, the, on, and …)")
+    kinds = MAP_KIND_CHOICES if joint else [("cross-attention", CROSS_ATTENTION)]
+    kind = gr.Radio(kinds, value=kinds[0][1], label="Kind of map", visible=joint, elem_id="attend-kind")
     info = gr.Markdown(elem_id="attend-map-info")
-    return MapControls(masks, step, all_steps, parts, downsamples, heads, normalization, threshold, content_only, info)
+    controls = (step, all_steps, parts, downsamples, heads, normalization, threshold, content_only, kind)
+    return MapControls(masks, *controls, info)
 
 
-def _build_film_and_qkv(deferred: Deferred) -> Downloads:
+def _build_film_and_qkv(deferred: Deferred, joint: bool) -> Downloads:
     """The film, the Q/K/V table of one layer and the downloads."""
     gr.Markdown("### The denoising film and the attention arithmetic")
     with gr.Row():
@@ -307,7 +215,8 @@ def _build_film_and_qkv(deferred: Deferred) -> Downloads:
             )
     with gr.Row():
         with gr.Column(scale=3):
-            layer = gr.Dropdown([], label="Cross-attention layer", allow_custom_value=True, elem_id="attend-layer")
+            label = "Joint-attention layer" if joint else "Cross-attention layer"
+            layer = gr.Dropdown([], label=label, allow_custom_value=True, elem_id="attend-layer")
             qkv = gr.Markdown()
         with gr.Column(scale=1):
             explain(
@@ -357,7 +266,7 @@ def _wire_views(tab, ui: AttendUI) -> None:
     """Map controls, the step slider, the Q/K/V layer, downloads and the permalink."""
     m, d, form = ui.maps, ui.downloads, ui.form
     map_events = [m.all_steps.input, m.parts.input, m.downsamples.input, m.heads.input, m.normalization.input]
-    map_events += [m.threshold.release, m.content_only.input]
+    map_events += [m.threshold.release, m.content_only.input, m.kind.input]
     gr.on(map_events, tab.maps, ui.view_inputs, ui.view_outputs, api_name="maps", concurrency_id=MAPS_CONCURRENCY)
     m.step.release(
         tab.maps_at_step,

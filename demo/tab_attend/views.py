@@ -8,6 +8,7 @@ from demo.tab_attend.forms import MapQuery
 from explain.clip.vocabulary import unknown_words_message
 from explain.engine.session import StepUpdate
 from explain.maps.aggregation import overlay
+from explain.maps.joint_views import JOINT_MAP_KINDS, JointLayerShapes
 from explain.maps.score import LEADERBOARD_HEADERS, Leaderboard, MapScore
 from explain.maps.views import LayerShapes, MapView
 
@@ -17,6 +18,7 @@ __all__ = [
     "word_gallery",
     "map_info",
     "qkv_table",
+    "joint_qkv_table",
     "leaderboard_table",
     "enlarged",
     "score_summary",
@@ -47,6 +49,13 @@ def done_status(result) -> str:
     )
     if result.unknown_words:  # never silent: the model has no meaning for these words
         status += f"\n\n⚠️ {unknown_words_message(result.unknown_words)} The presets below use only words it knows."
+    if result.joint is not None:
+        status += (
+            "\n\nJoint attention (SD3 / Flux): the maps are averaged over all steps and heads while they are "
+            "recorded; choose the kind of map under the maps."
+        )
+    for note in result.notes:  # what was asked for but not recorded, and why
+        status += f"\n\nℹ️ Not shown: {note}."
     return status
 
 
@@ -57,7 +66,14 @@ def word_gallery(view: MapView, masks: bool = False) -> list[tuple[np.ndarray, s
 
 
 def map_info(result, view: MapView, query: MapQuery) -> str:
-    """What the maps show: which steps, how many layers, which heads, which normalisation."""
+    """What the maps show: which steps, how many layers, which heads, which normalisation (and, on SD3 / Flux, which
+    kind of map)."""
+    if result.joint is not None:
+        kind = query.joint_kind or "text"
+        return (
+            f"Showing **{JOINT_MAP_KINDS[kind]}**, all {len(result.joint.maps.timesteps)} steps, {len(view.layers)} "
+            f"joint-attention layers, all heads, {query.normalization} normalisation."
+        )
     when = "all steps" if query.all_steps else f"step {int(query.step) + 1} of {result.captured.n_steps}"
     return (
         f"Showing **{when}**, {len(view.layers)} of {len(result.captured.layer_names)} layers, "
@@ -93,6 +109,41 @@ def qkv_table(s: LayerShapes, unet_batch: int) -> str:
             "",
             f"With guidance on, every tensor has a batch of {unet_batch} in front ([negative, prompt]); "
             "the maps show the prompt half.",
+        ]
+    )
+
+
+def joint_qkv_table(s: JointLayerShapes) -> str:
+    """The Q/K/V arithmetic of one joint-attention layer (MMDiT) as a markdown table."""
+    f = _fmt_shape
+    h, w = s.grid_hw
+    n = s.n_image + s.n_text
+    dual = s.kind == "joint"
+    text_rows = (
+        [
+            f"| text tokens | text encoders, {s.n_text} tokens | {f(s.n_text, s.text_dim)} |",
+            f"| Q, K, V of the text | W′_q, W′_k, W′_v {f(s.text_dim, s.inner_dim)} | {f(s.n_text, s.inner_dim)} each |",
+        ]
+        if dual
+        else [f"| (single stream) | text and image share W_q, W_k, W_v | the {s.n_text} text rows come first |"]
+    )
+    return "\n".join(
+        [
+            f"**`{s.name}`** ({'dual-stream' if dual else 'single-stream'} block): {s.heads} heads × {s.head_dim} dims; "
+            f"image-token grid {h} × {w} = {s.n_image} tokens, {s.n_text} text tokens.",
+            "",
+            "| tensor | from | shape |",
+            "|---|---|---|",
+            f"| image tokens | the latent, in patches | {f(s.n_image, s.image_dim)} |",
+            f"| Q, K, V of the image | W_q, W_k, W_v {f(s.image_dim, s.inner_dim)} | {f(s.n_image, s.inner_dim)} each |",
+            *text_rows,
+            f"| **Q, K, V** joined | [text; image] | **{f(n, s.inner_dim)}** each |",
+            f"| **A** = softmax(Q_h K_hᵀ / √{s.head_dim}) | every token attends to every token | **{f(s.heads, n, n)}** |",
+            f"| word maps | A's image rows × text columns | {f(s.heads, s.n_image, s.n_text)} |",
+            "",
+            "Unlike a U-Net's cross-attention, the text tokens also attend to the image, and each image token's "
+            "softmax is shared between image and text keys: 'renormalised over the text' rescales its text part "
+            "to sum to 1.",
         ]
     )
 

@@ -25,7 +25,9 @@ from explain.clip.contrastive import contrastive_step, text_hidden_states, zero_
 from explain.clip.live import train_clip_live
 from explain.clip.tokens import tokenize_prompt
 from explain.clip.vocabulary import unknown_words, vocabulary_of
+from explain.diffusion.geometry import context_width
 from explain.io.figures import clip_logits_figure
+from explain.joint.recording import is_joint_pipeline
 from explain.world import make_batch
 
 __all__ = ["ClipTab"]
@@ -145,7 +147,7 @@ class ClipTab:
         states = text_hidden_states(bundle.model, bundle.tokenizer([prompt]))
         pooled = int(states.pooled_index[0])
         return TextStates(
-            text=views.text_state_summary(states.shapes, pooled, pipe.unet.config.cross_attention_dim),
+            text=views.text_state_summary(states.shapes, pooled, context_width(pipe), is_joint_pipeline(pipe)),
             states=views.text_state_rows(view, states.slot_norms[0], pooled),
         )
 

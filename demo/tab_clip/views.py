@@ -166,9 +166,18 @@ def text_state_rows(view: TokenView, norms, pooled_slot: int) -> list[list]:
     ]
 
 
-def text_state_summary(shapes: dict, pooled_slot: int, cross_attention_dim: int) -> str:
-    """All rows go to the U-Net (cross-attention K and V); CLIP's loss sees only the pooled one."""
+def text_state_summary(shapes: dict, pooled_slot: int, cross_attention_dim: int, joint: bool = False) -> str:
+    """All rows go to the U-Net (cross-attention K and V; on SD3 / Flux, the joint sequence); CLIP's loss sees only
+    the pooled one."""
     _, slots, width = shapes["hidden_states"]
+    if joint:
+        return (
+            f"**The transformer gets every row** of the model's own text encoders (this tab shows the embedded "
+            f"CLIP's `[1, {slots}, {width}]`). There is no cross-attention: the text rows are projected to width "
+            f"{cross_attention_dim} and **joined to the image tokens in one sequence** (MMDiT joint attention), so "
+            f"text also attends to the image.\n\n**CLIP's loss sees one row**: slot {pooled_slot} (EOS), `T_f` "
+            f"`[1, {shapes['pooled'][1]}]`, projected by `W_t` to `T_e` `[1, {shapes['embedding'][1]}]`."
+        )
     return (
         f"**The U-Net gets all {slots} rows**: `encoder_hidden_states` of shape "
         f"`[1, {slots}, {width}]` (the text encoder's `last_hidden_state`; this model's "

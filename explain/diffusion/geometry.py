@@ -27,7 +27,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["MAX_SIDE_FACTOR", "SizeLimits", "AttnLayer", "Geometry", "vae_factor", "layer_downsample", "positions_hw"]
+__all__ = [
+    "MAX_SIDE_FACTOR",
+    "SizeLimits",
+    "AttnLayer",
+    "Geometry",
+    "vae_factor",
+    "layer_downsample",
+    "positions_hw",
+    "context_width",
+]
 
 MAX_SIDE_FACTOR = 2  # largest image side: this many times the model's default side
 _PART_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}  # execution order of the U-Net's parts
@@ -56,6 +65,16 @@ def layer_downsample(name: str, n_blocks: int) -> int:
     if kind == "mid_block":
         return 2 ** (n_blocks - 1)
     raise ValueError(f"unexpected U-Net layer {name!r}")
+
+
+def context_width(pipe) -> int:
+    """Width of the text states the denoiser takes: a U-Net's ``cross_attention_dim`` (K/V input width), an SD3 /
+    Flux transformer's ``joint_attention_dim`` (the text stream's input width, before its own projections)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        width = unet.config.cross_attention_dim
+        return int(width[0] if isinstance(width, (list, tuple)) else width)
+    return int(pipe.transformer.config.joint_attention_dim)
 
 
 def positions_hw(latent_hw: tuple[int, int], n: int) -> tuple[int, int]:

@@ -45,6 +45,8 @@ from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline, recomme
 from explain.diffusion.steps import StepPlan
 from explain.engine.requests import SCHEDULER_CHOICES, GenerationRequest
 from explain.engine.run import Capture, RunProgress, recorded_run
+from explain.joint.recording import is_joint_pipeline, prompt_concepts
+from explain.joint.tokens import text_layout
 
 WARM_UP_PROMPT = "a red circle in the center"
 
@@ -99,6 +101,9 @@ class GenerationResult:
         seconds: Wall time of the run.
         scheduler: Scheduler class used.
         unknown_words: Words of the prompt the model never saw (:mod:`explain.clip.vocabulary`).
+        joint: SD3 / Flux: the joint-attention and ConceptAttention maps of the prompt's words
+            (:class:`explain.joint.recording.JointRecorded`); ``captured`` is None and ``frames`` empty there.
+        notes: What was not recorded, and why (SD3 / Flux: the film).
     """
 
     request: GenerationRequest
@@ -112,6 +117,8 @@ class GenerationResult:
     seconds: float
     scheduler: str
     unknown_words: tuple[str, ...] = ()
+    joint: object = None
+    notes: tuple[str, ...] = ()
 
 
 class Engine:
@@ -147,9 +154,10 @@ class Engine:
                 self._config(f) for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
             )
             return ModelLimits(Geometry.from_configs(unet, vae).limits, int(scheduler["num_train_timesteps"]))
-        except (OSError, KeyError, ValueError, TypeError):
+        except (OSError, KeyError, ValueError, TypeError):  # no U-Net config (SD3 / Flux) or a Hub id
             pipe = self.pipeline()
-            return ModelLimits(size_limits(pipe), int(pipe.scheduler.config.num_train_timesteps))
+            chain = int(pipe.scheduler.config.num_train_timesteps)
+            return ModelLimits(size_limits(pipe), chain, is_joint_pipeline(pipe))
 
     def recommended_guidance(self, fallback: float = 7.5) -> float:
         """The guidance scale the model directory recommends (``explorer.json``), else ``fallback``; no weights."""
@@ -236,6 +244,7 @@ class ModelLimits(NamedTuple):
 
     size: SizeLimits
     chain_length: int  # T, the scheduler's num_train_timesteps
+    joint: bool = False  # SD3 / Flux: joint attention (MMDiT), no U-Net
 
 
 def request_pipeline(pipe, scheduler: str = "default"):
@@ -331,7 +340,11 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started, 
             height=height,
             width=width,
         )
-        capture = Capture(per_head=per_head, preview=preview, on_frame=on_frame, stream_every=every)
+        joint = is_joint_pipeline(run)  # SD3 / Flux: ConceptAttention maps of the prompt's words too; heads averaged
+        concepts = prompt_concepts(text_layout(run, request.prompt)) if joint else ()
+        capture = Capture(
+            per_head=per_head and not joint, preview=preview, on_frame=on_frame, stream_every=every, concepts=concepts
+        )
         recorded = recorded_run(run, call, seed=request.seed, capture=capture, stop=stop, progress=progress, lock=lock)
         items.put(
             GenerationResult(
@@ -346,6 +359,8 @@ def _worker(pipe, request, size, stop, lock, preview, per_head, items, started, 
                 seconds=time.perf_counter() - started,
                 scheduler=recorded.scheduler,
                 unknown_words=recorded.unknown_words,
+                joint=recorded.joint,
+                notes=recorded.notes,
             )
         )
     except BaseException as error:  # handed to the consumer, raised there

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from explain.io.writers import write_concept_files, write_heatmaps
 from explain.joint.attention_maps import Normalization
 from explain.joint.recording import JointRecorded
-from explain.maps.aggregation import TokenMaps
+from explain.maps.aggregation import TokenMaps, upsample
+from explain.maps.joint_views import joint_image_maps
 
 __all__ = ["CONCEPT_METHOD", "write_joint_attention_npz", "write_joint_files", "joint_summary"]
 
@@ -41,30 +41,16 @@ NORMALIZATION_NOTES = {
 }
 
 
-def _to_image(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(n, h, w) grid maps -> (n, H, W) float32: bicubic, clamped at 0 (as the U-Net maps, DAAM)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps.float().clamp(min=0)
-    return F.interpolate(maps.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0].clamp_(min=0)
-
-
 def _image_maps(recorded: JointRecorded, image_index: int = 0) -> TokenMaps:
     """Token and word maps at image size in the run's normalisation."""
-    size = recorded.maps.image_hw
-    tokens = tuple(recorded.layout.tokens[c].token for c in recorded.maps.columns)
-    return TokenMaps(
-        token_maps=_to_image(recorded.token_maps(image_index=image_index), size),
-        tokens=tokens,
-        words=recorded.words,
-        word_maps=_to_image(recorded.word_maps(image_index=image_index), size),
-    )
+    return joint_image_maps(recorded, recorded.normalization.value, image_index=image_index)
 
 
 def write_joint_attention_npz(path: str | Path, recorded: JointRecorded, image_index: int = 0) -> Path:
     """``attention.npz`` of an SD3 / Flux run (format in the module docstring)."""
     maps = _image_maps(recorded, image_index)
     size = recorded.maps.image_hw
-    joint = _to_image(recorded.word_maps(Normalization.JOINT, image_index), size)  # (n_words, H, W)
+    joint = joint_image_maps(recorded, Normalization.JOINT.value, image_index=image_index).word_maps
     mass = torch.stack([m.mean(dim=(0, 2))[image_index] for m in recorded.maps.mass.values()]).mean(0)  # (h, w)
     np.savez_compressed(
         path,
@@ -74,18 +60,12 @@ def write_joint_attention_npz(path: str | Path, recorded: JointRecorded, image_i
         token_maps=maps.token_maps.numpy().astype(np.float32),
         layer_names=np.array(recorded.maps.layer_names, dtype=str),
         normalization=np.array(recorded.normalization.value),
-        word_maps_joint=joint.numpy(),
-        text_mass=_to_image(mass[None], size)[0].numpy(),
+        word_maps_joint=joint.numpy().astype(np.float32),
+        text_mass=upsample(mass[None].float(), size)[0].numpy(),
         columns=np.array(recorded.maps.columns, dtype=np.int64),
         encoders=np.array([recorded.layout.tokens[c].encoder for c in recorded.maps.columns], dtype=str),
     )
     return Path(path)
-
-
-def _concept_maps(recorded: JointRecorded, image_index: int = 0) -> TokenMaps:
-    concepts = recorded.concepts
-    maps = _to_image(concepts.maps()[image_index], concepts.image_hw)  # (C, H, W), softmax over concepts
-    return TokenMaps(token_maps=maps, tokens=concepts.concepts, words=concepts.concepts, word_maps=maps)
 
 
 def write_joint_files(out: Path, recorded: JointRecorded, image) -> None:
@@ -94,7 +74,9 @@ def write_joint_files(out: Path, recorded: JointRecorded, image) -> None:
     write_joint_attention_npz(out / "attention.npz", recorded)
     write_heatmaps(out / "heatmaps", _image_maps(recorded), image)
     if recorded.concepts is not None:
-        write_concept_files(out, _concept_maps(recorded), recorded.concepts.layer_names, image, CONCEPT_METHOD)
+        write_concept_files(
+            out, joint_image_maps(recorded, "concept"), recorded.concepts.layer_names, image, CONCEPT_METHOD
+        )
 
 
 def joint_summary(recorded: JointRecorded) -> dict:

@@ -124,18 +124,20 @@ class JointRecorded:
     def words(self) -> tuple[str, ...]:
         return tuple(word.text for word in self.layout.words)
 
-    def word_maps(self, normalization: Normalization | None = None, image_index: int = 0) -> torch.Tensor:
+    def word_maps(self, normalization: Normalization | None = None, image_index: int = 0, layers=None) -> torch.Tensor:
         """(n_words, h, w) on the image-token grid: each word's columns summed (CLIP and T5 ones on SD3), mean over
-        layers, steps and heads."""
-        columns = self.token_maps(normalization, image_index)  # (K, h, w)
+        the chosen layers (default all), steps and heads."""
+        columns = self.token_maps(normalization, image_index, layers)  # (K, h, w)
         kept = {column: i for i, column in enumerate(self.maps.columns)}
         maps = [columns[[kept[c] for c in word.columns]].sum(dim=0) for word in self.layout.words]  # each (h, w)
         return torch.stack(maps) if maps else columns[:0]
 
-    def token_maps(self, normalization: Normalization | None = None, image_index: int = 0) -> torch.Tensor:
-        """(K, h, w): each kept text column's map (``maps.columns``)."""
+    def token_maps(
+        self, normalization: Normalization | None = None, image_index: int = 0, layers=None
+    ) -> torch.Tensor:
+        """(K, h, w): each kept text column's map (``maps.columns``), mean over the chosen layers (default all)."""
         normalization = self.normalization if normalization is None else normalization
-        return self.maps.column_maps(normalization)[image_index]
+        return self.maps.column_maps(normalization, layers)[image_index]
 
 
 class JointRecording:

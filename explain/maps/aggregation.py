@@ -36,6 +36,7 @@ __all__ = [
     "threshold_mask",
     "overlay",
     "per_step_cube",
+    "upsample",
 ]
 
 NORMALIZATIONS = ("minmax", "softmax", "absolute")
@@ -78,7 +79,7 @@ def _span_sum(token_maps: torch.Tensor, token_indices: Iterable[int]) -> torch.T
     return token_maps[[j for j in token_indices if j < token_maps.shape[0]]].sum(dim=0)
 
 
-def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of (..., h, w) to ``size``, clamped at 0 (DAAM)."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps.clamp(min=0)
@@ -142,7 +143,7 @@ def _layers_mean(
             if heads is not None:
                 maps = maps[:, :, heads]
             maps = maps.flatten(1, 2)  # (G, S*heads, T, h, w)
-        group_means = _upsample(maps, size).mean(dim=1)  # (G, T, *size)
+        group_means = upsample(maps, size).mean(dim=1)  # (G, T, *size)
         for g, i in enumerate(members):
             means[i] = group_means[g]
     return torch.stack(means)  # (layers, T, *size)
@@ -195,7 +196,7 @@ def aggregate(
     names = select_layers(captured, layers, resolutions)
     latent = captured.latent_hw
     per_layer = _layers_mean(captured, names, steps, heads, image_index, latent)  # (layers, T, *latent)
-    token_maps = _upsample(per_layer.mean(dim=0), image_size or captured.image_hw)  # (T, H, W)
+    token_maps = upsample(per_layer.mean(dim=0), image_size or captured.image_hw)  # (T, H, W)
     n_tokens = token_maps.shape[0]
     if view is None:
         return TokenMaps(token_maps, tuple(str(i) for i in range(n_tokens)), (), token_maps[:0])
@@ -268,6 +269,6 @@ def per_step_cube(
     size = tuple(latent_hw or captured.latent_hw)
     cube = []
     for maps in captured.maps.values():
-        m = _upsample(maps[:, image_index].float(), size)  # (S, [heads,] T, *size)
+        m = upsample(maps[:, image_index].float(), size)  # (S, [heads,] T, *size)
         cube.append((m.mean(dim=1) if captured.per_head else m).half())  # (S, T, *size)
     return torch.stack(cube, dim=1)

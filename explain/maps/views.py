@@ -17,6 +17,7 @@ from explain.diffusion.geometry import Geometry
 from explain.engine.session import GenerationResult
 from explain.maps.aggregation import aggregate, normalize, select_layers
 from explain.maps.aggregation import overlay as blend
+from explain.maps.joint_views import joint_image_maps, joint_layer_names
 
 __all__ = [
     "UNET_PARTS",
@@ -66,8 +67,13 @@ def word_maps(
     threshold: float | None = None,
     include_punctuation: bool = False,
     skip_words: Iterable[str] = (),
+    kind: str | None = None,
 ) -> MapView:
     """DAAM maps of a result's words (:func:`explain.maps.aggregation.aggregate`), normalised, overlaid, thresholded.
+
+    On SD3 / Flux results (``result.joint``) the maps are read from the joint attention instead
+    (:func:`_joint_word_maps`): ``kind`` picks one of :data:`explain.maps.joint_views.JOINT_MAP_KINDS` (None: the
+    run's own reading), U-Net parts, resolutions and heads do not apply, and steps were averaged while recording.
 
     Args:
         result: A finished generation.
@@ -80,10 +86,29 @@ def word_maps(
         threshold: Also return masks of ``map > threshold`` (None: no masks).
         include_punctuation: Keep punctuation "words".
         skip_words: Words not to show (case-insensitive), e.g. articles.
+        kind: SD3 / Flux only: which map (``"text"``, ``"joint"``, ``"concept"``).
 
     Raises:
         ValueError: empty or impossible selections (say which).
     """
+    joint = getattr(result, "joint", None)
+    if joint is not None:
+        return _joint_word_maps(
+            result,
+            joint,
+            steps,
+            layers,
+            parts,
+            downsamples,
+            heads,
+            normalization,
+            threshold,
+            skip_words,
+            kind,
+            include_punctuation,
+        )
+    if kind is not None:
+        raise ValueError(f"map kind {kind!r} is for SD3 / Flux runs; a U-Net's maps are its cross-attention")
     captured = result.captured
     all_steps = list(range(captured.n_steps))
     step_list = all_steps if steps is None else [s for s in steps if 0 <= s < captured.n_steps]
@@ -105,9 +130,15 @@ def word_maps(
     ]
     if not keep:
         raise ValueError("the prompt has no words to map")
-    raw = maps.word_maps[keep]  # (n, H, W)
+    words = tuple(maps.words[i] for i in keep)
+    heads_kept = None if head_list is None else tuple(head_list)
+    return _view(result.image, words, maps.word_maps[keep], normalization, threshold, names, step_list, heads_kept)
+
+
+def _view(image, words, raw, normalization, threshold, layers, steps, heads) -> MapView:
+    """The :class:`MapView` of raw (n, H, W) word maps: normalised, overlaid on ``image``, masked at ``threshold``."""
     shown = normalize(raw, normalization).numpy()
-    image = np.asarray(result.image.convert("RGB"))
+    image = np.asarray(image.convert("RGB"))
     overlays = tuple(blend(image, m, normalise=False) for m in shown)
     masks = None
     if threshold is not None:
@@ -116,14 +147,39 @@ def word_maps(
             for m in shown
         )
     return MapView(
-        words=tuple(maps.words[i] for i in keep),
+        words=tuple(words),
         maps=shown.astype(np.float32),
         overlays=overlays,
         masks=masks,
-        layers=tuple(names),
-        steps=tuple(step_list),
-        heads=None if head_list is None else tuple(head_list),
+        layers=tuple(layers),
+        steps=tuple(steps),
+        heads=heads,
     )
+
+
+def _joint_word_maps(
+    result, joint, steps, layers, parts, downsamples, heads, normalization, threshold, skip_words, kind, punctuation
+) -> MapView:
+    """:func:`word_maps` of an SD3 / Flux run (:func:`explain.maps.joint_views.joint_image_maps`)."""
+    n_steps = len(joint.maps.timesteps)
+    if steps is not None and sorted(set(steps)) != list(range(n_steps)):
+        raise ValueError(
+            "SD3 / Flux maps are averaged over the steps while they are recorded (keeping each step costs the steps "
+            "times the memory): choose all steps"
+        )
+    if parts is not None or downsamples is not None:
+        raise ValueError("U-Net parts and feature-map sizes do not apply: SD3 / Flux have one token grid, no U-Net")
+    if heads is not None and not joint.maps.per_head:
+        raise ValueError("this run kept the mean over heads (per_head=False): choose all heads")
+    kind = kind or joint.normalization.value
+    maps = joint_image_maps(joint, kind, layers)
+    skipped = {w.lower() for w in skip_words}
+    keep = [i for i, w in enumerate(maps.words) if (punctuation or w[:1].isalnum()) and w.lower() not in skipped]
+    if not keep:
+        raise ValueError("the prompt has no words to map")
+    words = tuple(maps.words[i] for i in keep)
+    names = joint_layer_names(joint, kind) if layers is None else tuple(layers)
+    return _view(result.image, words, maps.word_maps[keep], normalization, threshold, names, range(n_steps), None)
 
 
 def _chosen_layers(captured, layers, parts, downsamples) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 
 from explain.maps.aggregation import aggregate, overlay, threshold_mask
 from explain.maps.score import DAAM_TAU
+from explain.steering.edits import require_cross_attention
 from explain.steering.experiments import SteerResult, steer_drop
 
 __all__ = ["DeletionResult", "delete_word", "pearson", "share_inside"]
@@ -148,6 +149,7 @@ def delete_word(
     Raises:
         ValueError: bad settings, or ``word`` not in the prompt (messages from ``steer_drop``).
     """
+    require_cross_attention(pipe, "the causal check (the change against the word's map)")
     tau = DAAM_TAU if tau is None else float(tau)
     steered = steer_drop(
         pipe,

@@ -60,12 +60,29 @@ __all__ = [
     "remove_word",
     "effective_attention",
     "Edit",
+    "require_cross_attention",
 ]
 
 MAX_WEIGHT = 3.0  # upper end of the re-weighting range offered by the helpers (p2p's examples use up to ~5)
 
 
 # -- edits ---------------------------------------------------------------------------------------------------------
+def require_cross_attention(pipe, what: str) -> None:
+    """Raise a ValueError that says why ``what`` does not apply when ``pipe`` has no U-Net cross-attention.
+
+    Prompt-to-prompt (Hertz et al. 2022) edits the maps softmax(QKᵀ/√d) of cross-attention, where image queries
+    meet text keys alone. SD3 / Flux (MMDiT) have joint attention instead: image and text tokens share one softmax
+    and the text tokens attend to the image too, so "a word's map" is one block of a larger matrix and scaling it is
+    not the edit the paper defines.
+    """
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(
+            f"{what} needs a U-Net's cross-attention (prompt-to-prompt); this model ({type(pipe).__name__}) has "
+            "joint attention instead (text and image tokens share one softmax), so it does not apply here. "
+            "Deleting the word from the text and the guidance sweep work on every model."
+        )
+
+
 def _in_range(step: int, step_range: tuple[int, int] | None) -> bool:
     return step_range is None or step_range[0] <= step < step_range[1]
 
@@ -222,6 +239,7 @@ class AttentionSteering:
         for edit in edits:
             if not isinstance(edit, Reweight | Replace):
                 raise TypeError(f"expected Reweight or Replace edits, got {type(edit).__name__}")
+        require_cross_attention(pipe, "steering attention")
         self.pipe = pipe
         self.edits = edits
         self._swap = CrossAttentionSwap(pipe.unet, lambda name, original: _SteerProcessor(original, self))

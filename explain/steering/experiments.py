@@ -34,6 +34,7 @@ from explain.steering.edits import (
     effective_attention,
     remove_word,
     replace_word,
+    require_cross_attention,
     word_token_indices,
 )
 
@@ -228,6 +229,7 @@ def steer_reweight(
         lock: Held for each pipeline call (the app's model lock).
     """
     RunSettings(seed, steps, guidance).validate()
+    require_cross_attention(pipe, "re-weighting a word")
     if not 0.0 <= weight <= MAX_WEIGHT:
         raise ValueError(f"weight must lie in [0, {MAX_WEIGHT}], got {weight}")
     indices = word_token_indices(pipe.tokenizer, prompt, word)
@@ -269,6 +271,7 @@ def steer_swap(
             pick a word with the same number of BPE tokens).
     """
     RunSettings(seed, steps, guidance).validate()
+    require_cross_attention(pipe, "the word swap (the old prompt's maps injected into the new one)")
     indices = word_token_indices(pipe.tokenizer, prompt, old_word, field="old word")
     target = replace_word(prompt, old_word, new_word)
     source_view, target_view = tokenize_prompt(pipe.tokenizer, prompt), tokenize_prompt(pipe.tokenizer, target)
