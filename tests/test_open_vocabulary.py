@@ -124,3 +124,39 @@ def test_open_vocabulary_evaluation_localises_the_named_object(shapes_pipe):
     phrase = report["attributions"]["phrase"]
     if phrase["n_other_pairs"]:
         assert phrase["miou"] > phrase["other_object_miou"]
+
+
+def test_token_optimisation_map_matches_ovam_and_fitting_moves_the_map_to_the_mask(pipe):
+    from explain.capture.token_optimization import QueryRecorder, optimize_token, ovam_token_map
+
+    text = "blue sphere"
+    states = attribution_states(pipe, text)
+    with OpenVocabularyRecorder(pipe, text) as ovam, QueryRecorder(pipe) as queries:
+        image = generate(pipe, ovam.callback_on_step_end)
+    assert torch.equal(image, generate(pipe))  # recording queries leaves the image alone
+    hw = tuple(image.shape[-2:])
+    recorded = queries.result(*hw)
+    token = 2  # "sphere" (BOS, blue, sphere, EOS)
+    reference = aggregate(ovam.result(), ovam.view).token_maps[token]  # (H, W), float16 storage
+    mine = ovam_token_map(recorded, states, token, hw)[0]
+    torch.testing.assert_close(mine, reference, atol=2e-3, rtol=0.02)
+    # fit "sphere" to the left half: the loss falls and the map's mass moves there
+    mask = torch.zeros(1, *hw)
+    mask[..., : hw[1] // 2] = 1
+    # the optimiser's closed form (sigmoid of the token's logit against the other columns' log-sum-exp) gives the
+    # definition's loss at the start
+    heat = mine[None] / mine.max()
+    expected = torch.nn.functional.binary_cross_entropy(heat.clamp(1e-6, 1 - 1e-6), mask)
+    _, (first,) = optimize_token(recorded, states, token, mask, iterations=1)
+    assert first == pytest.approx(float(expected), rel=1e-4)
+    fitted, losses = optimize_token(recorded, states, token, mask, iterations=100, lr=0.2)
+    assert losses[-1] < 0.6 * losses[0]
+    assert torch.equal(fitted[0, :token], states[0, :token]) and torch.equal(fitted[0, token + 1 :], states[0, token + 1 :])
+
+    def left_share(s):
+        heat = ovam_token_map(recorded, s, token, hw)[0]
+        return float(heat[:, : hw[1] // 2].sum() / heat.sum())
+
+    assert left_share(fitted) > left_share(states) + 0.1
+    with pytest.raises(ValueError, match="masks must be"):
+        optimize_token(recorded, states, token, mask[0])
