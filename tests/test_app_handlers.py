@@ -170,7 +170,9 @@ def test_maps_qkv_export_and_permalink(attend, generated, tmp_path):
     assert "4 heads" in attend.qkv(state, "mid_block.attentions.0.transformer_blocks.0.attn2")
     with pytest.raises(gr.Error, match="not a cross-attention layer"):
         attend.qkv(state, "nope")
-    grid, film, npz, settings, link = attend.export(state, 0, True, [], [], [], "minmax", 0.4, True, "cross", gr.Request())
+    grid, film, npz, settings, link = attend.export(
+        state, 0, True, [], [], [], "minmax", 0.4, True, "cross", gr.Request()
+    )
     assert Image.open(grid).format == "PNG" and Image.open(film).format == "GIF"
     assert "cube" in np.load(npz).files and json.loads(Path(settings).read_text())["seed"] == 2
     assert link.startswith("?tab=attend&prompt=a+big+red") and "seed=2" in link and "scheduler=DDIM" in link

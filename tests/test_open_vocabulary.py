@@ -151,7 +151,9 @@ def test_token_optimisation_map_matches_ovam_and_fitting_moves_the_map_to_the_ma
     assert first == pytest.approx(float(expected), rel=1e-4)
     fitted, losses = optimize_token(recorded, states, token, mask, iterations=100, lr=0.2)
     assert losses[-1] < 0.6 * losses[0]
-    assert torch.equal(fitted[0, :token], states[0, :token]) and torch.equal(fitted[0, token + 1 :], states[0, token + 1 :])
+    assert torch.equal(fitted[0, :token], states[0, :token]) and torch.equal(
+        fitted[0, token + 1 :], states[0, token + 1 :]
+    )
 
     def left_share(s):
         heat = ovam_token_map(recorded, s, token, hw)[0]
