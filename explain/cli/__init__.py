@@ -1,4 +1,4 @@
-"""Command line: ``python -m explain {generate,noise,markov,clip} ...``.
+"""Command line: ``python -m explain {generate,noise,markov,clip,upscale,stylize,inpaint,outpaint,edit} ...``.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``.
 Bad arguments print one clear line on stderr and exit with code 2.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main", "build_parser", "CliError", "positive_int"]
 
-SUBCOMMANDS = ("generate", "noise", "markov", "clip", "upscale", "stylize", "inpaint", "outpaint")
+SUBCOMMANDS = ("generate", "noise", "markov", "clip", "upscale", "stylize", "inpaint", "outpaint", "edit")
 
 
 class CliError(Exception):
