@@ -2,6 +2,7 @@
 the handlers on tiny random MMDiT pipelines built in code, and clear answers where an experiment does not apply."""
 
 import json
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -140,7 +141,7 @@ def test_tab_3_qkv_and_downloads_on_sd3(tab, finished, tmp_path):
     with np.load(files.npz) as npz:
         assert list(npz["words"]) == ["a", "red", "cube", "on", "the", "grass"]
         assert npz["word_maps_joint"].shape == npz["word_maps"].shape == (6, TINY_HW, TINY_HW)
-    assert json.loads(open(files.settings).read())["steps_done"] == STEPS
+    assert json.loads(Path(files.settings).read_text())["steps_done"] == STEPS
 
 
 def test_experiments_that_need_cross_attention_say_why_on_joint_models(engines):

@@ -21,8 +21,11 @@ def test_word_mask_thresholds_the_normalised_map_and_grows_it():
     assert word_mask(heat, 0.4).sum() == 16  # the 0.3 / 3 = 0.1 pixel stays out
     grown = word_mask(heat, 0.4, dilation=1)
     assert grown.sum() == 36 and grown[3:9, 3:9].all()
-    for bad, message in (({"threshold": 1.0}, "strictly between"), ({"dilation": -1}, "whole number"),
-                         ({"dilation": 1.5}, "whole number")):
+    for bad, message in (
+        ({"threshold": 1.0}, "strictly between"),
+        ({"dilation": -1}, "whole number"),
+        ({"dilation": 1.5}, "whole number"),
+    ):
         with pytest.raises(ValueError, match=message):
             word_mask(heat, **{"threshold": 0.4, **bad})
     with pytest.raises(ValueError, match="no pixel"):
@@ -42,14 +45,28 @@ def _check(result: AttendEditResult):
 def test_edit_where_a_word_attends_on_a_tiny_pipeline(pipe):
     inpainter = load_task_pipeline("inpaint", mode="blend", base=pipe)
     result = edit_where_attends(
-        PROMPT, "cube", "a ginormous blue sphere", pipe=pipe, inpaint_pipe=inpainter, seed=3, steps=2,
-        threshold=0.5, dilation=1,
+        PROMPT,
+        "cube",
+        "a ginormous blue sphere",
+        pipe=pipe,
+        inpaint_pipe=inpainter,
+        seed=3,
+        steps=2,
+        threshold=0.5,
+        dilation=1,
     )
     _check(result)
     assert result.inpainting.mode == "blend" and result.edited_prompt == "a ginormous blue sphere"
     again = edit_where_attends(
-        PROMPT, "cube", "a ginormous blue sphere", pipe=pipe, inpaint_pipe=inpainter, seed=3, steps=2,
-        threshold=0.5, dilation=1,
+        PROMPT,
+        "cube",
+        "a ginormous blue sphere",
+        pipe=pipe,
+        inpaint_pipe=inpainter,
+        seed=3,
+        steps=2,
+        threshold=0.5,
+        dilation=1,
     )
     assert np.array_equal(np.asarray(again.after), np.asarray(result.after))  # same seed, same edit
     with pytest.raises(ValueError, match="not a word"):
@@ -64,8 +81,9 @@ def test_edit_where_a_word_attends_on_the_embedded_model(engine):
     inpainter = load_task_pipeline("inpaint", mode="unet", base=base)
     prompt = "a big red circle on the left and a small blue triangle on the right"
     edited = "a big green circle on the left and a small blue triangle on the right"
-    result = edit_where_attends(prompt, "circle", edited, pipe=base, inpaint_pipe=inpainter, seed=1, steps=12,
-                                guidance=5.0)
+    result = edit_where_attends(
+        prompt, "circle", edited, pipe=base, inpaint_pipe=inpainter, seed=1, steps=12, guidance=5.0
+    )
     _check(result)
     assert result.inpainting.mode == "unet" and result.inpainting.in_channels == 9
     left = result.mask[:, : result.mask.shape[1] // 2].sum() / result.mask.sum()
@@ -84,8 +102,26 @@ def test_the_edit_command_writes_the_edit_and_says_where_it_changed(tmp_path, ca
 
     prompt = "a big red circle on the left and a small blue triangle on the right"
     out = tmp_path / "edit"
-    assert main(["edit", "--prompt", prompt, "--word", "circle", "--new-word", "square", "--steps", "6",
-                 "--seed", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--prompt",
+                prompt,
+                "--word",
+                "circle",
+                "--new-word",
+                "square",
+                "--steps",
+                "6",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["edited_prompt"] == prompt.replace("circle", "square")
     assert summary["inpainting_mode"] == "unet" and summary["changed_share_inside_mask"] == 1.0
