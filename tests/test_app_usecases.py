@@ -118,3 +118,45 @@ def test_endpoints(client, files, sample):
     editor["layers"] = [handle_file(str(files / "empty.png"))]
     with pytest.raises(AppError, match="empty"):
         client.predict(editor, caption, "unet", 0, STEPS, api_name="/inpaint")
+
+
+def test_attend_edit_handler_edits_only_where_the_word_attends(tab):
+    import gradio as gr
+
+    from demo.tab_usecases.forms import EDIT_PROMPT
+
+    edited = EDIT_PROMPT.replace("circle", "square")
+    out = tab.attend_edit(EDIT_PROMPT, "circle", edited, 0.4, 2, "unet", 1, 8)
+    assert [caption for _, caption in out.gallery] == [
+        "before",
+        "“circle”'s map",
+        "mask: map > 0.4, grown 2 px",
+        "after",
+        "|difference| × 4",
+    ]
+    before, _, mask, after, _ = (np.asarray(image) for image, _ in out.gallery)
+    inside = mask > 0
+    assert np.array_equal(before[~inside], after[~inside]) and not np.array_equal(before, after)
+    assert inside[:, :32].sum() > 0.8 * inside.sum()  # the circle is on the left
+    assert "**100.0%** of them inside the mask" in out.summary and "9-channel" in out.summary
+    with pytest.raises(gr.Error, match="'dog' is not a word of the prompt"):
+        tab.attend_edit(EDIT_PROMPT, "dog", edited, 0.4, 2, "unet", 1, 8)
+    with pytest.raises(gr.Error, match="edited prompt is empty"):
+        tab.attend_edit(EDIT_PROMPT, "circle", "", 0.4, 2, "unet", 1, 8)
+
+
+def test_the_attend_edit_endpoint_is_served(client):
+    from demo.tab_usecases.forms import EDIT_PROMPT
+
+    gallery, summary = client.predict(
+        EDIT_PROMPT,
+        "triangle",
+        EDIT_PROMPT.replace("blue", "green"),
+        0.4,
+        2,
+        "blend",
+        0,
+        STEPS,
+        api_name="/attend_edit",
+    )
+    assert len(gallery) == 5 and "“triangle” attended to" in summary and "mode **blend**" in summary

@@ -22,6 +22,10 @@ __all__ = [
     "Stylized",
     "Inpainted",
     "Outpainted",
+    "AttendEdited",
+    "EDIT_PROMPT",
+    "EDIT_WORD",
+    "EDIT_NEW_WORD",
 ]
 
 TASKS = [
@@ -112,6 +116,17 @@ class Inpainted(NamedTuple):
     layout: object
     gallery: list
     summary: str
+
+
+class AttendEdited(NamedTuple):
+    """Edit where a word attends: before, the word's map, the mask, after, |difference|; the summary."""
+
+    gallery: list
+    summary: str
+
+
+EDIT_PROMPT = "a big red circle on the left and a small blue triangle on the right"  # the tab's first edit
+EDIT_WORD, EDIT_NEW_WORD = "circle", "square"
 
 
 class Outpainted(NamedTuple):

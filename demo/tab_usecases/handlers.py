@@ -10,6 +10,7 @@ import numpy as np
 from demo.common import user_errors
 from demo.tab_usecases import layout
 from demo.tab_usecases.forms import (
+    AttendEdited,
     EditorMask,
     EditorValue,
     Inpainted,
@@ -22,7 +23,9 @@ from demo.tab_usecases.forms import (
 from explain.diffusion.loading import ModelLoadError
 from explain.engine.requests import MAX_STEPS, whole
 from explain.engine.session import Engine
+from explain.maps.aggregation import overlay
 from explain.usecases import inpaint, input_layout_figure, load_task_pipeline, outpaint, stylize, upscale
+from explain.usecases.attend_edit import edit_where_attends
 from explain.usecases.inputs import to_rgb, union_mask
 
 __all__ = ["UseCasesTab", "world_sample", "editor_mask"]
@@ -210,6 +213,46 @@ class UseCasesTab:
             gallery=self.word_gallery(result),
             summary=self.summary(result, extra),
         )
+
+    def attend_edit(self, prompt, word, edited_prompt, threshold, dilation, mode, seed, steps) -> AttendEdited:
+        """Generate ``prompt``, inpaint ``edited_prompt`` where ``word`` attends (map above ``threshold``, grown by
+        ``dilation`` px), same seed: (before, map, mask, after, difference) and the shares of changed pixels."""
+
+        steps = self._steps(steps)
+        with user_errors():
+            dilation = whole("dilation", dilation, 0, 32)
+        pipe = self.task_pipeline("inpaint", mode=mode)
+        base = self.engine.pipeline()
+        with user_errors():  # the library call holds the engine's lock for each pipeline run
+            r = edit_where_attends(
+                prompt or "",
+                word or "",
+                edited_prompt or "",
+                pipe=base,
+                inpaint_pipe=pipe,
+                seed=int(seed),
+                steps=steps,
+                guidance=self.engine.recommended_guidance(),
+                threshold=float(threshold),
+                dilation=dilation,
+                lock=self.engine.lock,
+            )
+        before = np.asarray(r.before)
+        gallery = [
+            (before, "before"),
+            (overlay(before, r.word_map, normalise=False), f"“{r.word}”'s map"),
+            (r.mask.astype(np.uint8) * 255, f"mask: map > {r.threshold:g}, grown {r.dilation} px"),
+            (np.asarray(r.after), "after"),
+            (r.difference_image(), "|difference| × 4"),
+        ]
+        inside = "nothing changed" if r.share_inside is None else f"**{r.share_inside:.1%}** of them inside the mask"
+        summary = (
+            f"“{r.word}” attended to **{r.mask_area:.1%}** of the image; “{r.edited_prompt}” was inpainted there "
+            f"(mode **{r.inpainting.mode}**, {r.inpainting.in_channels}-channel U-Net input, same seed). "
+            f"{int(r.changed.sum())} pixels changed by more than 8/255, {inside}: outside the mask every pixel is "
+            "the original's."
+        )
+        return AttendEdited(gallery, summary)
 
     def outpaint(self, image, prompt, left, right, top, bottom, zoom_out, mode, seed, steps):
         """Extend the canvas: returns (original, result, layout figure, word maps, summary)."""

@@ -10,6 +10,9 @@ import numpy as np
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, seed_input
 from demo.tab_usecases.forms import (
     DEFAULT_STEPS,
+    EDIT_NEW_WORD,
+    EDIT_PROMPT,
+    EDIT_WORD,
     INPAINT_MODES,
     SAMPLE_SEED,
     STYLE_CHOICES,
@@ -49,6 +52,8 @@ def build(tab) -> None:
             _build_inpaint(tab, sample)
         with gr.Tab("Outpainting", id="outpaint"):
             _build_outpaint(tab, sample)
+        with gr.Tab("Edit where a word attends", id="attend_edit"):
+            _build_attend_edit(tab)
 
 
 def _overview() -> None:
@@ -283,3 +288,35 @@ def _build_outpaint(tab, sample: WorldSample) -> None:
     preset = [sample.image, sample.caption, 16, 16, 0, 0, 1.0, "unet", 0, DEFAULT_STEPS]
     _preset(tab.outpaint, inputs, outputs, preset, "world sample, 16 px left and right")
     run.click(tab.outpaint, inputs, outputs, api_name="outpaint", concurrency_id=MODEL_CONCURRENCY)
+
+
+def _build_attend_edit(tab) -> None:
+    """Attention as a tool: a word's map becomes the mask of an inpainting edit."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(EDIT_PROMPT, label="prompt (generated first)")
+            word = gr.Textbox(EDIT_WORD, label="word (of the prompt: its map is the mask)")
+            edited = gr.Textbox(EDIT_PROMPT.replace(EDIT_WORD, EDIT_NEW_WORD), label="edited prompt")
+            threshold = gr.Slider(0.05, 0.95, value=0.4, step=0.05, label="mask threshold τ (DAAM: 0.4)")
+            dilation = gr.Slider(0, 8, value=2, step=1, label="mask dilation (px)")
+            mode = gr.Radio(INPAINT_MODES, value="unet", label="mode")
+            seed, steps = _common_inputs("attend-edit", seed_default=1)
+            run = gr.Button("Edit", variant="primary", elem_id="attend-edit-run")
+        with gr.Column(scale=3):
+            explain(
+                "The step that turns attention into a tool (prompt-to-prompt's local blend, DiffEdit): the "
+                "word's heat map, thresholded, is the inpainting mask, and the edited prompt is painted only "
+                "there, from the same seed. A loose map edits too much, a tight one too little: move τ."
+            )
+            gallery = gr.Gallery(
+                label="before · map · mask · after · difference",
+                elem_classes=["pixels"],
+                elem_id="attend-edit-gallery",
+                columns=5,
+                height="auto",
+                format=IMAGE_FORMAT,
+                object_fit="contain",
+            )
+            summary = gr.Markdown(elem_id="attend-edit-summary")
+    inputs = [prompt, word, edited, threshold, dilation, mode, seed, steps]
+    run.click(tab.attend_edit, inputs, [gallery, summary], api_name="attend_edit", concurrency_id=MODEL_CONCURRENCY)
