@@ -132,3 +132,17 @@ def test_the_edit_command_writes_the_edit_and_says_where_it_changed(tmp_path, ca
     assert "inside the mask" in capsys.readouterr().out
     assert main(["edit", "--prompt", prompt, "--word", "dog", "--new-word", "cat", "--out", str(out)]) == 2
     assert "'dog' is not a word of the prompt" in capsys.readouterr().err
+
+
+def test_the_edit_evaluation_recolours_one_object_to_a_colour_the_scene_lacks():
+    from training.evaluate_attend_edit import cases
+
+    found = cases(2)
+    assert len(found) >= 50
+    for case in found:
+        scene = case["prompt"].scene
+        before, after = case["prompt"].prompt.split(), case["edited"].split()
+        changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+        assert changed == [(scene.objects[case["k"]].color, case["new"])]
+        assert case["new"] not in {o.color for o in scene.objects}
+    assert {c["k"] for c in found} == {0, 1}
