@@ -203,6 +203,20 @@ def test_usecases_tab_paint_a_mask_and_inpaint(page, shots):
     page.screenshot(path=shots / "5_usecases.png", full_page=True)
 
 
+def test_usecases_tab_edit_where_a_word_attends(page):
+    """Use cases → Edit where a word attends: the default edit runs and shows before, map, mask, after, difference."""
+    _open(page, "usecases")
+    page.get_by_role("tab", name="Edit where a word attends").click()
+    steps = page.locator("#attend-edit-steps input[type=number]")
+    steps.fill(str(INPAINT_STEPS))
+    steps.press("Tab")
+    page.locator("#attend-edit-run").click()
+    _images_in(page, "attend-edit-gallery").nth(4).wait_for()
+    summary = page.locator("#attend-edit-summary")
+    summary.get_by_text("inside the mask").wait_for()
+    assert "“circle” attended to" in summary.inner_text()
+
+
 SCORED = "() => document.querySelector('#attend-score-summary')?.innerText.includes('Leaderboard: place')"
 
 
