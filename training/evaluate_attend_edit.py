@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from explain import world
+from training.evaluate import _iou
 from training.evaluate_tasks import inside_region
 from training.judge import judge
 from training.prompts import prompt_set
@@ -48,11 +49,6 @@ def cases(seeds: int) -> list[dict]:
             edited = p.prompt.replace(f"{obj.color} {obj.shape}", f"{new} {obj.shape}", 1)
             out.append(dict(prompt=p, k=k, new=new, edited=edited, seed=seed))
     return out
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
 
 
 def evaluate(base, inpainter, seeds: int, steps: int, guidance: float) -> dict:

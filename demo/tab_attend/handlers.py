@@ -230,21 +230,9 @@ class AttendTab:
         pair = self._film_pair(result, int(step) if not all_steps and step is not None else len(result.frames) - 1)
         return MapOutputs(views.word_gallery(view), masks, pair, views.map_info(result, view, query))
 
-    def maps_at_step(
-        self,
-        result,
-        step,
-        all_steps,
-        parts,
-        downsamples,
-        heads,
-        normalization,
-        threshold,
-        content_only=True,
-        kind=CROSS_ATTENTION,
-    ) -> MapsAtStep:
-        """Moving the step slider shows that one step (and unticks "all steps")."""
-        controls = (parts, downsamples, heads, normalization, threshold, content_only, kind)
+    def maps_at_step(self, result, step, all_steps, *controls) -> MapsAtStep:
+        """Moving the step slider shows that one step (and unticks "all steps"); ``controls``: the rest of
+        :meth:`maps`' parameters."""
         shown = self.maps(result, step, False, *controls)
         return MapsAtStep(*shown, all_steps=False)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from explain.capture.recorder import AttentionRecorder
-from explain.capture.swap import CrossAttentionSwap, cond_rows
+from explain.capture.swap import CrossAttentionSwap, SideProcessor
 from explain.clip.tokens import TokenView, tokenize_prompt
 
 __all__ = ["METHOD", "attribution_states", "OpenVocabularyRecorder"]
@@ -40,28 +40,16 @@ def attribution_states(pipe, text: str) -> torch.Tensor:
     )[0]
 
 
-class _OpenVocabularyProcessor:
+class _OpenVocabularyProcessor(SideProcessor):
     """Runs the installed processor for the output; records softmax(Q K'ᵀ · scale) against the attribution text."""
 
-    def __init__(self, original, name: str, recorder: OpenVocabularyRecorder):
-        self.original = original
-        self.name = name
-        self.recorder = recorder
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if temb is not None:
-            kwargs["temb"] = temb
-        out = self.original(
-            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs
-        )
-        rows = cond_rows(self.recorder.pipe, hidden_states.shape[0], self.recorder.branch)
+    def record(self, attn, rows, hidden_states, encoder_hidden_states, temb) -> None:
         self.recorder._guided = rows.stop - rows.start < hidden_states.shape[0]
         states = self.recorder.states.to(hidden_states.device, hidden_states.dtype)  # (1, T', D)
         states = states.expand(hidden_states.shape[0], *states.shape[1:])  # (B, T', D): the same text for every row
         self.recorder._record(
             self.name, attn, rows, hidden_states, states, None, temb
         )  # no mask: c' has no padding mask
-        return out
 
 
 class OpenVocabularyRecorder(AttentionRecorder):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-__all__ = ["Branch", "cond_rows", "ProcessorSwap", "CrossAttentionSwap", "compose_callbacks"]
+__all__ = ["Branch", "cond_rows", "ProcessorSwap", "CrossAttentionSwap", "SideProcessor", "compose_callbacks"]
 
 
 class Branch(enum.Enum):
@@ -106,6 +106,33 @@ class CrossAttentionSwap(ProcessorSwap):
     def __init__(self, unet, factory: Callable[[str, object], object]):
         super().__init__(unet, _is_cross_attention, factory, "the U-Net has no cross-attention layers")
         self.unet = unet
+
+
+class SideProcessor:
+    """A processor that lets the installed one compute the output, then records on the side.
+
+    Subclasses implement ``record(attn, rows, hidden_states, encoder_hidden_states, temb)``; ``rows`` are the batch
+    rows of ``recorder.branch`` (:func:`cond_rows`). The output is the original processor's, untouched, so the image
+    is bit for bit the one without the recorder.
+    """
+
+    def __init__(self, original, name: str, recorder):
+        self.original = original
+        self.name = name
+        self.recorder = recorder
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if temb is not None:
+            kwargs["temb"] = temb
+        out = self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs
+        )
+        rows = cond_rows(self.recorder.pipe, hidden_states.shape[0], self.recorder.branch)
+        self.record(attn, rows, hidden_states, encoder_hidden_states, temb)
+        return out
+
+    def record(self, attn, rows: slice, hidden_states, encoder_hidden_states, temb) -> None:
+        raise NotImplementedError
 
 
 def _is_cross_attention(name: str, module) -> bool:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from explain.capture.op import project
-from explain.capture.swap import Branch, CrossAttentionSwap, cond_rows
+from explain.capture.swap import Branch, CrossAttentionSwap, SideProcessor
 from explain.diffusion.geometry import Geometry, positions_hw
 from explain.maps.aggregation import upsample
 
@@ -48,22 +48,14 @@ class RecordedQueries:
     latent_hw: tuple[int, int]
 
 
-class _QueryProcessor:
-    def __init__(self, original, name: str, recorder: QueryRecorder):
-        self.original, self.name, self.recorder = original, name, recorder
+class _QueryProcessor(SideProcessor):
+    """Runs the installed processor for the output; keeps the branch's queries."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if temb is not None:
-            kwargs["temb"] = temb
-        out = self.original(
-            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs
-        )
-        rows = cond_rows(self.recorder.pipe, hidden_states.shape[0], self.recorder.branch)
+    def record(self, attn, rows, hidden_states, encoder_hidden_states, temb) -> None:
         with torch.no_grad():
             context = encoder_hidden_states[rows] if encoder_hidden_states is not None else None
             projected = project(attn, hidden_states[rows], context, None if temb is None else temb[rows])
         self.recorder._add(self.name, attn, projected.query.float().cpu())  # (B', heads, N, d)
-        return out
 
 
 class QueryRecorder:
