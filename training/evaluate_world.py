@@ -169,11 +169,40 @@ def evaluate_generation(samples: list[Generated]) -> dict:
 
 
 @torch.no_grad()
-def clip_retrieval(model_dir: Path, n: int = 256, seed: int = HELD_OUT_SEED) -> dict:
-    """Noun read from held-out single-thing renders among every noun of the world (see module docstring)."""
+def clip_bundle_from_weights(path: Path):
+    """A :class:`explain.clip.model.ClipBundle`-like (model, tokenizer, preprocess) from a CLIP training stage's
+    ``clip.safetensors`` (or a :func:`training.train_clip.save_warm_start` file), built with its ``clip_config.json``
+    beside it (else the world-cpu preset's), to grade a CLIP before it is packaged."""
+    from types import SimpleNamespace
+
+    import open_clip
+
+    from explain.clip.model import image_preprocess
+    from training.config import ClipConfig, preset
+    from training.models import build_clip
+    from training.train_clip import init_from
+
+    config_file = Path(path).with_name("clip_config.json")
+    doc = json.loads(config_file.read_text()) if config_file.exists() else None
+    fields = None if doc is None else doc.get("clip", doc)  # a training stage nests it under "clip"
+    cfg = (
+        preset("world-cpu").clip
+        if fields is None
+        else ClipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    )
+    model = build_clip(cfg)
+    init_from(model, Path(path))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length)
+    return SimpleNamespace(model=model, tokenizer=tokenizer, preprocess=image_preprocess(cfg.image_size))
+
+
+def clip_retrieval(model_dir: Path | None = None, n: int = 256, seed: int = HELD_OUT_SEED, bundle=None) -> dict:
+    """Noun read from held-out single-thing renders among every noun of the world (see module docstring); the CLIP
+    of the pipeline ``model_dir``, or ``bundle`` (:func:`clip_bundle_from_weights`)."""
     from explain.clip.model import load_clip
 
-    bundle = load_clip(model_dir)
+    bundle = load_clip(model_dir) if bundle is None else bundle
     model = bundle.model
     nouns = [w for w, m in lx.NOUNS.items() if m.group not in ("wearables",)]
     rng = np.random.default_rng(seed)
@@ -266,14 +295,20 @@ def run(model: Path, quick: bool, steps: int, guidance: float, out: Path, skip: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate_world", description=__doc__)
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="a world pipeline directory")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--out", type=Path, default=Path("runs/eval_world"))
     p.add_argument("--skip", default="", help="comma-separated: vae,clip,adherence")
+    p.add_argument("--clip-weights", type=Path, default=None, help="grade only this clip.safetensors (noun top-1)")
     args = p.parse_args(argv)
+    if args.clip_weights is not None:
+        print(json.dumps(clip_retrieval(bundle=clip_bundle_from_weights(args.clip_weights)), indent=1))
+        return 0
     skip = {s for s in args.skip.split(",") if s}
+    if args.model is None:
+        p.error("--model is required (or --clip-weights)")
     res = run(args.model, args.quick, args.steps, args.guidance, args.out, skip)
     print(json.dumps({k: v for k, v in res.items() if k != "images"}, indent=1))
     return 0

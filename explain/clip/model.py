@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "image_preprocess",
     "ClipBundle",
     "open_clip_text_to_hf",
     "hf_text_to_open_clip",
@@ -111,7 +112,7 @@ def build_open_clip(config: dict) -> torch.nn.Module:
     )
 
 
-def _preprocess(image_size: int):
+def image_preprocess(image_size: int):
     from torchvision import transforms
 
     return transforms.Compose(
@@ -152,4 +153,4 @@ def load_clip(model_dir: str | Path, device: str | torch.device = "cpu") -> Clip
     model = model.to(device).eval()
     size = config["vision_cfg"]["image_size"]
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config["text_cfg"].get("context_length", 77))
-    return ClipBundle(model=model, tokenizer=tokenizer, preprocess=_preprocess(size), image_size=size)
+    return ClipBundle(model=model, tokenizer=tokenizer, preprocess=image_preprocess(size), image_size=size)
