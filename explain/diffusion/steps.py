@@ -38,7 +38,9 @@ class StepPlan:
     @classmethod
     def of(cls, scheduler) -> StepPlan:
         """The plan of a scheduler after ``set_timesteps``."""
-        timesteps = tuple(float(t) for t in scheduler.timesteps)
+        steps = scheduler.timesteps
+        values = steps.tolist() if hasattr(steps, "tolist") else steps  # one conversion, not one tensor per element
+        timesteps = tuple(float(t) for t in values)
         order = int(getattr(scheduler, "order", 1))
         asked = getattr(scheduler, "num_inference_steps", None)
         warm_up = len(timesteps) - int(asked) if order == 1 and asked and len(timesteps) > int(asked) else 0
