@@ -17,7 +17,7 @@ from explain.engine.guidance import guidance_parts
 from explain.engine.session import request_pipeline
 from explain.maps.aggregation import aggregate
 from explain.maps.score import DAAM_TAU, Leaderboard, resize_mask, score_word
-from training.judge import judge
+from explain.world.judging import judge
 
 __all__ = ["Classroom", "painted_mask", "judged_mask", "content_words"]
 
@@ -49,7 +49,7 @@ def judged_mask(result, word: str) -> np.ndarray | None:
     """The true mask of ``word``'s object in the generated image, as the shapes world's judge finds it.
 
     Known for colour, shape and size words of prompts in the world's grammar whose object the judge finds
-    (:func:`training.judge.judge`); None otherwise.
+    (:func:`explain.world.judging.judge`); None otherwise.
     """
     prompt = getattr(result.request, "prompt", None)
     if not prompt:
