@@ -139,6 +139,9 @@ def test_attend_edit_handler_edits_only_where_the_word_attends(tab):
     assert np.array_equal(before[~inside], after[~inside]) and not np.array_equal(before, after)
     assert inside[:, :32].sum() > 0.8 * inside.sum()  # the circle is on the left
     assert "**100.0%** of them inside the mask" in out.summary and "9-channel" in out.summary
+    uploaded = tab.attend_edit(EDIT_PROMPT, "circle", edited, 0.4, 2, "unet", 1, 8, before)
+    assert np.array_equal(np.asarray(uploaded.gallery[0][0]), before)  # the upload is what is edited
+    assert "In the uploaded image" in uploaded.summary
     with pytest.raises(gr.Error, match="'dog' is not a word of the prompt"):
         tab.attend_edit(EDIT_PROMPT, "dog", edited, 0.4, 2, "unet", 1, 8)
     with pytest.raises(gr.Error, match="edited prompt is empty"):

@@ -146,3 +146,24 @@ def test_the_edit_evaluation_recolours_one_object_to_a_colour_the_scene_lacks():
         assert changed == [(scene.objects[case["k"]].color, case["new"])]
         assert case["new"] not in {o.color for o in scene.objects}
     assert {c["k"] for c in found} == {0, 1}
+
+
+def test_an_uploaded_image_is_edited_where_its_maps_say(pipe):
+    from PIL import Image
+
+    inpainter = load_task_pipeline("inpaint", mode="blend", base=pipe)
+    img2img = load_task_pipeline("img2img", base=pipe)
+    upload = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    result = edit_where_attends(
+        PROMPT, "cube", "a ginormous blue sphere", pipe=pipe, inpaint_pipe=inpainter, image=upload,
+        map_pipe=img2img, seed=2, steps=4, threshold=0.5, dilation=1,
+    )  # fmt: skip
+    assert np.array_equal(np.asarray(result.before), np.asarray(upload))  # the upload itself, not a generation
+    _check(result)
+    with pytest.raises(ValueError, match="needs map_pipe"):
+        edit_where_attends(PROMPT, "cube", "a cat", pipe=pipe, inpaint_pipe=inpainter, image=upload, steps=1)
+    with pytest.raises(ValueError, match="map_strength"):
+        edit_where_attends(
+            PROMPT, "cube", "a cat", pipe=pipe, inpaint_pipe=inpainter, image=upload, map_pipe=img2img,
+            map_strength=0.0, steps=1,
+        )  # fmt: skip

@@ -214,15 +214,19 @@ class UseCasesTab:
             summary=self.summary(result, extra),
         )
 
-    def attend_edit(self, prompt, word, edited_prompt, threshold, dilation, mode, seed, steps) -> AttendEdited:
-        """Generate ``prompt``, inpaint ``edited_prompt`` where ``word`` attends (map above ``threshold``, grown by
-        ``dilation`` px), same seed: (before, map, mask, after, difference) and the shares of changed pixels."""
+    def attend_edit(
+        self, prompt, word, edited_prompt, threshold, dilation, mode, seed, steps, image=None
+    ) -> AttendEdited:
+        """Generate ``prompt`` (or take the uploaded ``image``), inpaint ``edited_prompt`` where ``word`` attends
+        (map above ``threshold``, grown by ``dilation`` px), same seed: (before, map, mask, after, difference) and
+        the shares of changed pixels."""
 
         steps = self._steps(steps)
         with user_errors():
             dilation = whole("dilation", dilation, 0, 32)
         pipe = self.task_pipeline("inpaint", mode=mode)
         base = self.engine.pipeline()
+        map_pipe = self.task_pipeline("img2img") if image is not None else None
         with user_errors():  # the library call holds the engine's lock for each pipeline run
             r = edit_where_attends(
                 prompt or "",
@@ -235,6 +239,8 @@ class UseCasesTab:
                 guidance=self.engine.recommended_guidance(),
                 threshold=float(threshold),
                 dilation=dilation,
+                image=image,
+                map_pipe=map_pipe,
                 lock=self.engine.lock,
             )
         before = np.asarray(r.before)
@@ -246,8 +252,9 @@ class UseCasesTab:
             (r.difference_image(), "|difference| × 4"),
         ]
         inside = "nothing changed" if r.share_inside is None else f"**{r.share_inside:.1%}** of them inside the mask"
+        source = "the uploaded image (maps recorded while re-denoising it)" if image is not None else "the generation"
         summary = (
-            f"“{r.word}” attended to **{r.mask_area:.1%}** of the image; “{r.edited_prompt}” was inpainted there "
+            f"In {source}, “{r.word}” attended to **{r.mask_area:.1%}** of the image; “{r.edited_prompt}” was inpainted there "
             f"(mode **{r.inpainting.mode}**, {r.inpainting.in_channels}-channel U-Net input, same seed). "
             f"{int(r.changed.sum())} pixels changed by more than 8/255, {inside}: outside the mask every pixel is "
             "the original's."

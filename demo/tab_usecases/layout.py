@@ -301,6 +301,7 @@ def _build_attend_edit(tab) -> None:
             dilation = gr.Slider(0, 8, value=2, step=1, label="mask dilation (px)")
             mode = gr.Radio(INPAINT_MODES, value="unet", label="mode")
             seed, steps = _common_inputs("attend-edit", seed_default=1)
+            upload = _big("or edit this image (the prompt describes it)", "attend-edit-input", interactive=True)
             run = gr.Button("Edit", variant="primary", elem_id="attend-edit-run")
         with gr.Column(scale=3):
             explain(
@@ -318,5 +319,5 @@ def _build_attend_edit(tab) -> None:
                 object_fit="contain",
             )
             summary = gr.Markdown(elem_id="attend-edit-summary")
-    inputs = [prompt, word, edited, threshold, dilation, mode, seed, steps]
+    inputs = [prompt, word, edited, threshold, dilation, mode, seed, steps, upload]
     run.click(tab.attend_edit, inputs, [gallery, summary], api_name="attend_edit", concurrency_id=MODEL_CONCURRENCY)

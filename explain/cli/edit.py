@@ -1,6 +1,7 @@
 """``python -m explain edit``: inpaint an edited prompt where a word of the prompt attends.
 
-Generates ``--prompt`` (seed, steps, guidance), turns the DAAM map of ``--word`` into a mask (min-max, above
+Generates ``--prompt`` (seed, steps, guidance; or takes ``--image``, whose maps are recorded while img2img
+re-denoises it), turns the DAAM map of ``--word`` into a mask (min-max, above
 ``--threshold``, grown by ``--dilation`` pixels) and inpaints ``--edited-prompt`` (or the prompt with ``--word``
 replaced by ``--new-word``) there with the same seed (:mod:`explain.usecases.attend_edit`). Writes ``before.png``,
 ``after.png``, ``map.png`` (the word's map over the image), ``mask.png``, ``difference.png`` (|Δ| x 4) and
@@ -40,6 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="9-channel inpainting U-Net (embedded default) or 4-channel blending (default for --model)",
     )
     parser.add_argument("--model", default=None, help="a text-to-image pipeline (default: the embedded model)")
+    parser.add_argument(
+        "--image", type=Path, default=None,
+        help="edit this image instead of a generation (--prompt describes it; its maps are recorded by re-denoising)",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.set_defaults(run=run)
@@ -90,6 +95,13 @@ def run(args) -> int:
         raise CliError("--steps must be >= 1 and --seed >= 0")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out} exists and is not a directory")
+    upload = None
+    if args.image is not None:
+        from explain.cli.usecase_args import read_image
+
+        if not args.image.is_file():
+            raise CliError(f"--image {args.image} is not a file")
+        upload = read_image(args.image)
     try:
         edited = _edited_prompt(args)
     except ValueError as err:
@@ -109,6 +121,7 @@ def run(args) -> int:
     try:
         base = load_base(args.model, args.device)
         inpainter = load_task_pipeline("inpaint", None, mode=mode, base=base)
+        img2img = load_task_pipeline("img2img", None, base=base) if upload is not None else None
     except ModelLoadError as err:
         raise CliError(str(err)) from err
     local = Path(args.model).expanduser() if args.model else EMBEDDED_MODEL_DIR
@@ -128,6 +141,8 @@ def run(args) -> int:
             inpaint_guidance=args.inpaint_guidance,
             threshold=args.threshold,
             dilation=args.dilation,
+            image=upload,
+            map_pipe=img2img,
         )
     except ValueError as err:
         raise CliError(str(err)) from err

@@ -8,6 +8,11 @@ filter), then inpaint only there with the edited prompt and the same seed
 (:func:`explain.usecases.inpainting.inpaint`: the 9-channel inpainting U-Net, or 4-channel blending for any
 text-to-image checkpoint). Pixels outside the mask are pasted back exactly, so every changed pixel lies inside it by
 construction; the result reports the shares anyway (``|Δ| > CHANGE_LEVEL`` in any channel), which a user can check.
+
+An image that was not generated here (an upload) has no recorded attention, so its maps are recorded while the
+model re-denoises it: the image is noised to ``map_strength`` of the forward chain and denoised with its prompt by an
+img2img pipeline (SDEdit, Meng et al. 2022), the cross-attention of those steps aggregated as for a generation; the
+inpainting then edits the uploaded image itself.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from explain.maps.aggregation import aggregate, normalize
 from explain.maps.score import DAAM_TAU
 from explain.steering.edits import require_cross_attention, word_token_indices
 from explain.usecases.inpainting import InpaintResult, inpaint
+from explain.usecases.inputs import resize, to_rgb, working_size
 
-__all__ = ["CHANGE_LEVEL", "MAX_DILATION", "AttendEditResult", "word_mask", "edit_where_attends"]
+__all__ = ["CHANGE_LEVEL", "MAX_DILATION", "MAP_STRENGTH", "AttendEditResult", "word_mask", "edit_where_attends"]
 
 CHANGE_LEVEL = 8 / 255  # a pixel counts as changed when some channel moved by more than this
 MAX_DILATION = 32  # pixels
@@ -98,6 +104,25 @@ class AttendEditResult:
         return np.clip(diff * gain, 0, 255).astype(np.uint8)
 
 
+MAP_STRENGTH = 0.6  # an upload is noised this far before its maps are recorded (the layout survives, SDEdit)
+
+
+def _maps_of_image(image, call: dict, map_pipe, strength: float, seed: int, lock):
+    """(the image as RGB at a size the model takes, the img2img run that recorded its maps)."""
+    if map_pipe is None:
+        raise ValueError("an uploaded image needs map_pipe (an img2img pipeline) to record its attention maps")
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"map_strength must lie in (0, 1], got {strength}")
+    source, _ = to_rgb(image)
+    size, _ = working_size(map_pipe, source.size)
+    source = resize(source, size)
+    run = recorded_run(
+        map_pipe, call | dict(image=source, strength=float(strength)), seed=seed, draw_noise=False,
+        capture=Capture(film=False), lock=lock,
+    )  # fmt: skip
+    return source, run
+
+
 def edit_where_attends(
     prompt: str,
     word: str,
@@ -113,9 +138,13 @@ def edit_where_attends(
     dilation: int = 2,
     height: int | None = None,
     width: int | None = None,
+    image=None,
+    map_pipe=None,
+    map_strength: float = MAP_STRENGTH,
     lock=None,
 ) -> AttendEditResult:
-    """Generate ``prompt``, mask where ``word`` attends, inpaint ``edited_prompt`` there with the same seed.
+    """Generate ``prompt`` (or take ``image``), mask where ``word`` attends, inpaint ``edited_prompt`` there with the
+    same seed.
 
     Args:
         prompt: The prompt of the image to edit.
@@ -132,6 +161,10 @@ def edit_where_attends(
         dilation: Pixels the mask is grown by (the map is coarse: its object's edge lies a little outside).
         height: Image height (default: the model's).
         width: Image width.
+        image: An image to edit instead of a generation (PIL, array or path); ``prompt`` should describe it.
+        map_pipe: With ``image``: an img2img pipeline on the same model
+            (:func:`explain.usecases.models.load_task_pipeline` ``("img2img", base=pipe)``) that records its maps.
+        map_strength: With ``image``: how far along the forward chain it is noised before the maps are recorded.
         lock: Held for each pipeline call.
 
     Raises:
@@ -142,9 +175,14 @@ def edit_where_attends(
     prompt = prompt_text(pipe.tokenizer, "prompt", prompt)
     edited_prompt = prompt_text(pipe.tokenizer, "edited prompt", edited_prompt)
     indices = word_token_indices(pipe.tokenizer, prompt, word)
-    call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width)
-    run = recorded_run(pipe, call, seed=seed, capture=Capture(film=False), lock=lock)
-    before = run.image.convert("RGB")
+    call = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance)
+    if image is None:
+        run = recorded_run(
+            pipe, call | dict(height=height, width=width), seed=seed, capture=Capture(film=False), lock=lock
+        )
+        before = run.image.convert("RGB")
+    else:
+        before, run = _maps_of_image(image, call, map_pipe, map_strength, seed, lock)
     heat = aggregate(run.captured, run.view, image_size=(before.height, before.width)).span_map(indices)  # (H, W)
     mask = word_mask(heat.numpy(), threshold, dilation)
     result = inpaint(
