@@ -59,6 +59,7 @@ def test_api_names(client):
         "/stylize",
         "/inpaint",
         "/outpaint",
+        "/attend_edit",  # edit where a word attends (tests/test_app_usecases.py)
         "/clip_train",  # the classroom endpoints (tests/test_app_classroom.py)
         "/score_map",
         "/guidance_parts",
