@@ -467,7 +467,7 @@ def test_the_total_bound_deletes_the_oldest_uploads_of_any_client(web):
 # -- sessions that left -------------------------------------------------------------------------------------------------
 def test_the_state_of_a_session_whose_page_closed_is_freed(web):
     session, other = "closes-its-page", "stays"
-    maps = [0, True, [], [], [], "softmax", 0.4, True]
+    maps = [0, True, [], [], [], "softmax", 0.4, True, "cross"]
     for name in (session, other):
         assert _call(web, "/generate", ["a red circle", "", 0, 1, 7.5, "default", 32, 32], name)[0] == "complete"
     with web.stream("GET", f"gradio_api/heartbeat/{session}") as beat:  # the page is open ...
