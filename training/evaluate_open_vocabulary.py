@@ -99,8 +99,8 @@ class OpenVocabularyConfig:
     tau: float = TAU
     device: str | None = None
     optimize_prompts: int = 7  # two-object prompts after the evaluated ones to learn shape tokens on (0: none)
-    optimize_single: bool = True  # and the single-object prompts (every shape, never graded here)
-    optimize_seeds: int = 1  # seeds of each (from training.ovam_tokens.TRAIN_SEED)
+    optimize_single: bool = False  # also the single-object prompts (every shape; measured worse: 0.474 vs 0.487)
+    optimize_seeds: int = 4  # seeds of each (from training.ovam_tokens.TRAIN_SEED)
 
 
 @dataclass(frozen=True, eq=False)
@@ -429,10 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report")
     parser.add_argument("--optimize-prompts", type=int, default=7, help="prompts to learn shape tokens on (0: off)")
-    parser.add_argument("--optimize-seeds", type=int, default=1, help="seeds of each training prompt")
-    parser.add_argument(
-        "--no-optimize-single", action="store_true", help="learn on the two-object prompts only, not the single ones"
-    )
+    parser.add_argument("--optimize-seeds", type=int, default=4, help="seeds of each training prompt")
+    parser.add_argument("--optimize-single", action="store_true", help="also learn on the single-object prompts")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --steps and --batch-size must be >= 1")
@@ -446,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         optimize_prompts=args.optimize_prompts,
         optimize_seeds=args.optimize_seeds,
-        optimize_single=not args.no_optimize_single,
+        optimize_single=args.optimize_single,
     )
     t = time.time()
     report = run(cfg)
