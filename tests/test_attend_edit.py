@@ -44,30 +44,11 @@ def _check(result: AttendEditResult):
 
 def test_edit_where_a_word_attends_on_a_tiny_pipeline(pipe):
     inpainter = load_task_pipeline("inpaint", mode="blend", base=pipe)
-    result = edit_where_attends(
-        PROMPT,
-        "cube",
-        "a ginormous blue sphere",
-        pipe=pipe,
-        inpaint_pipe=inpainter,
-        seed=3,
-        steps=2,
-        threshold=0.5,
-        dilation=1,
-    )
+    settings = dict(pipe=pipe, inpaint_pipe=inpainter, seed=3, steps=2, threshold=0.5, dilation=1)
+    result = edit_where_attends(PROMPT, "cube", "a ginormous blue sphere", **settings)
     _check(result)
     assert result.inpainting.mode == "blend" and result.edited_prompt == "a ginormous blue sphere"
-    again = edit_where_attends(
-        PROMPT,
-        "cube",
-        "a ginormous blue sphere",
-        pipe=pipe,
-        inpaint_pipe=inpainter,
-        seed=3,
-        steps=2,
-        threshold=0.5,
-        dilation=1,
-    )
+    again = edit_where_attends(PROMPT, "cube", "a ginormous blue sphere", **settings)
     assert np.array_equal(np.asarray(again.after), np.asarray(result.after))  # same seed, same edit
     with pytest.raises(ValueError, match="not a word"):
         edit_where_attends(PROMPT, "dog", "a cat", pipe=pipe, inpaint_pipe=inpainter, steps=1)

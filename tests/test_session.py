@@ -78,8 +78,8 @@ def test_validate_returns_the_size(pipe):
 
 def test_engine_reads_limits_from_configs_without_loading(model_dir, pipe):
     engine = Engine(str(model_dir), device="cpu")
-    limits, chain_length = engine.limits()
-    assert not engine.loaded
+    limits, chain_length, joint = engine.limits()
+    assert not engine.loaded and not joint  # a U-Net model
     assert limits == size_limits(pipe)
     assert chain_length == pipe.scheduler.config.num_train_timesteps
 
