@@ -26,8 +26,9 @@ from PIL import Image
 
 from explain.engine.requests import RunSettings, prompt_text
 from explain.engine.run import Capture, recorded_run
-from explain.maps.aggregation import aggregate, normalize
+from explain.maps.aggregation import aggregate, normalize, threshold_mask
 from explain.maps.score import DAAM_TAU
+from explain.steering.causal import share_inside
 from explain.steering.edits import require_cross_attention, word_token_indices
 from explain.usecases.inpainting import InpaintResult, inpaint
 from explain.usecases.inputs import resize, to_rgb, working_size
@@ -48,8 +49,7 @@ def word_mask(word_map: np.ndarray, threshold: float = DAAM_TAU, dilation: int =
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     if int(dilation) != dilation or not 0 <= dilation <= MAX_DILATION:
         raise ValueError(f"dilation must be a whole number of pixels from 0 to {MAX_DILATION}, got {dilation}")
-    heat = normalize(torch.as_tensor(word_map, dtype=torch.float32)[None], "minmax")  # (1, H, W) in [0, 1]
-    mask = (heat > threshold).float()
+    mask = threshold_mask(torch.as_tensor(word_map, dtype=torch.float32), threshold).float()[None]  # (1, H, W)
     if dilation:
         mask = F.max_pool2d(mask[None], kernel_size=2 * int(dilation) + 1, stride=1, padding=int(dilation))[0]
     if not bool(mask.any()):
@@ -95,8 +95,7 @@ class AttendEditResult:
     @property
     def share_inside(self) -> float | None:
         """Share of the changed pixels that lie inside the mask (None when nothing changed)."""
-        n = int(self.changed.sum())
-        return None if n == 0 else float((self.changed & self.mask).sum() / n)
+        return share_inside(self.changed, self.mask)
 
     def difference_image(self, gain: float = 4.0) -> np.ndarray:
         """(H, W, 3) uint8: |after − before| amplified by ``gain``."""
