@@ -27,7 +27,6 @@ from explain.diffusion.noising import ForwardSchedule, strength_to_start_step
 from explain.engine.requests import MAX_STEPS
 from explain.io.figures import markov_figure, noising_strip_figure, pixels_to_rgb, schedule_figure
 from explain.io.formats import captioned_pair, write_gif
-from explain.world import make_batch
 
 __all__ = ["NoiseTab", "Markov", "Noised", "Strength", "Opened"]
 
@@ -87,6 +86,7 @@ class NoiseTab:
 
     def __init__(self, engine):
         self.engine = engine
+        self.world = engine.world()  # the world whose scenes are noised (explain.world.content)
         self._cache: dict = {}  # (world seed, timesteps, noise seed) -> frames; deterministic, so shared
         self._cache_lock = threading.Lock()
 
@@ -121,7 +121,7 @@ class NoiseTab:
         if source == "upload":
             image = upload if isinstance(upload, Image.Image) else open_image(upload, "image to noise")
         elif source == "world sample":
-            image = Image.fromarray(make_batch(1, int(world_seed), size=min(default_hw))[0].image)
+            image = Image.fromarray(self.world.samples(1, int(world_seed), size=min(default_hw))[0].image)
         else:
             raise gr.Error(f"Unknown source {source!r}: choose one of {', '.join(SOURCES)}.")
         longest = min(MAX_NOISE_SIDE, max(default_hw))

@@ -21,7 +21,6 @@ from explain.steering.experiments import guidance_sweep, steer_drop, steer_rewei
 __all__ = ["SteerTab", "Steered", "Causal"]
 
 DIFF_GAIN = 3  # differences are faint: shown x3
-DEFAULT_PROMPT = "a big red circle on the left and a small blue triangle on the right"
 STEER_STEPS = 15
 
 
@@ -64,6 +63,7 @@ class SteerTab:
 
     def __init__(self, engine):
         self.engine = engine
+        self.world = engine.world()  # the prompt and presets of the model's world (explain.world.content)
 
     def _checked(self, prompt: str, seed, steps, guidance):
         """A validated request and a per-request pipeline copy (fresh scheduler)."""
@@ -99,7 +99,7 @@ class SteerTab:
         )
         unknown = prompt_unknown_words(self.engine.pipeline(), result.baseline_prompt, result.edited_prompt)
         if unknown:
-            summary += f"\n\n⚠️ {unknown_words_message(unknown)}"
+            summary += f"\n\n⚠️ {unknown_words_message(unknown)} Try “{self.world.suggestion}”."
         return Steered(images, maps, summary)
 
     def reweight(self, prompt, word, weight, seed, steps, guidance) -> Steered:
@@ -192,7 +192,9 @@ class SteerTab:
         """Create the tab's components and events (call inside ``gr.Tab``)."""
         lesson("steer")
         with gr.Row():
-            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (shared by every experiment below)", lines=2, scale=3)
+            prompt = gr.Textbox(
+                self.world.default_prompt, label="Prompt (shared by every experiment below)", lines=2, scale=3
+            )
             seed = seed_input(0, label="Seed", scale=1)
             steps = gr.Slider(1, MAX_STEPS, value=STEER_STEPS, step=1, label="Steps", scale=1)
             g = self.engine.recommended_guidance()  # the model's own default (5 for the embedded model)
@@ -207,9 +209,10 @@ class SteerTab:
     def _build_reweight(self, ui: Shared) -> None:
         """Re-weight a word: its attention columns ×w."""
         g = ui.default_guidance
+        prompt, steer = self.world.default_prompt, self.world.steer
         with gr.Tab("Re-weight a word"):
             with gr.Row():
-                rw_word = gr.Textbox("red", label="Word (or phrase) of the prompt")
+                rw_word = gr.Textbox(steer.reweight[0][0], label="Word (or phrase) of the prompt")
                 rw_weight = gr.Slider(0, MAX_WEIGHT, value=0, step=0.1, label="Attention weight ×")
                 rw_btn = gr.Button("Re-weight", variant="primary")
             rw_out = _results_row(
@@ -223,17 +226,18 @@ class SteerTab:
                 rw_inputs,
                 rw_out,
                 self.reweight,
-                [[DEFAULT_PROMPT, "red", 0.0, 0, 12, g], [DEFAULT_PROMPT, "triangle", 3.0, 0, 12, g]],
-                ["'red' ×0", "'triangle' ×3"],
+                [[prompt, word, weight, 0, 12, g] for word, weight in steer.reweight],
+                [f"'{word}' ×{weight:g}" for word, weight in steer.reweight],
             )
 
     def _build_swap(self, ui: Shared) -> None:
         """Swap a word, keeping the old maps for the first k steps."""
         g = ui.default_guidance
+        prompt, steer = self.world.default_prompt, self.world.steer
         with gr.Tab("Swap a word"):
             with gr.Row():
-                sw_old = gr.Textbox("circle", label="Old word")
-                sw_new = gr.Textbox("square", label="New word (same number of tokens)")
+                sw_old = gr.Textbox(steer.swap[0][0], label="Old word")
+                sw_new = gr.Textbox(steer.swap[0][1], label="New word (same number of tokens)")
                 sw_k = gr.Slider(0, MAX_STEPS, value=6, step=1, label="Keep the old maps for the first k steps")
                 sw_btn = gr.Button("Swap", variant="primary")
             sw_out = _results_row(
@@ -248,19 +252,17 @@ class SteerTab:
                 sw_inputs,
                 sw_out,
                 self.swap,
-                [
-                    [DEFAULT_PROMPT, "circle", "square", 4, 0, 12, g],
-                    [DEFAULT_PROMPT, "red", "green", 12, 0, 12, g],
-                ],
-                ["circle → square, k = 4", "red → green, k = 12"],
+                [[prompt, old, new, k, 0, 12, g] for old, new, k in steer.swap],
+                [f"{old} → {new}, k = {k}" for old, new, k in steer.swap],
             )
 
     def _build_drop(self, ui: Shared) -> None:
         """Drop a word: delete it from the text, or zero its attention."""
         g = ui.default_guidance
+        prompt, steer = self.world.default_prompt, self.world.steer
         with gr.Tab("Drop a word"):
             with gr.Row():
-                dr_word = gr.Textbox("blue", label="Word to drop")
+                dr_word = gr.Textbox(steer.delete, label="Word to drop")
                 dr_mode = gr.Radio(
                     [("delete it from the text", "remove"), ("keep the text, attention ×0", "zero")],
                     value="remove",
@@ -279,15 +281,15 @@ class SteerTab:
                 dr_inputs,
                 dr_out,
                 self.drop,
-                [[DEFAULT_PROMPT, "blue", "remove", 0, 12, g], [DEFAULT_PROMPT, "blue", "zero", 0, 12, g]],
-                ["delete 'blue'", "'blue' attention ×0"],
+                [[prompt, steer.delete, "remove", 0, 12, g], [prompt, steer.delete, "zero", 0, 12, g]],
+                [f"delete '{steer.delete}'", f"'{steer.delete}' attention ×0"],
             )
 
     def _build_causal(self, ui: Shared) -> None:
         """Delete the word, same seed: is the change where the word's map points?"""
         with gr.Tab("Causal check of a map"):
             with gr.Row():
-                word = gr.Textbox("triangle", label="Word to drop")
+                word = gr.Textbox(self.world.steer.causal, label="Word to drop")
                 mode = gr.Radio(
                     [("delete it from the text", "remove"), ("attention ×0", "zero")], value="remove", label="How"
                 )
@@ -333,7 +335,7 @@ class SteerTab:
                 gs_inputs,
                 [gs_strip],
                 self.sweep,
-                [[DEFAULT_PROMPT, 0, 10, "1, 3, 7.5, 12"]],
+                [[self.world.default_prompt, 0, 10, "1, 3, 7.5, 12"]],
                 ["guidance 1, 3, 7.5, 12"],
             )
 

@@ -178,5 +178,6 @@ def test_words_the_model_never_saw_are_named_in_the_status(client):
     status = last[1]
     assert status.startswith("Done: 2 steps")
     assert "`unicorn` is not a word this model has seen; it gets no attention of its own." in status
+    assert "e.g. “a big red circle on the left and a small blue triangle on the right”" in status  # one it knows
     *_, last = client.submit("a red circle on the left", "", 0, 2, 5.0, "default", 64, 64, api_name="/generate")
     assert "not a word this model has seen" not in last[1]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.usecases import task_models_available
+from explain.world.content import SHAPES
 
 STEPS = 3  # the tab's default is 20; a few steps keep the tests quick on a busy CPU
 
@@ -123,7 +124,7 @@ def test_endpoints(client, files, sample):
 def test_attend_edit_handler_edits_only_where_the_word_attends(tab):
     import gradio as gr
 
-    from demo.tab_usecases.forms import EDIT_PROMPT
+    EDIT_PROMPT = SHAPES.default_prompt  # the tab's first edit on the embedded (shapes) model
 
     edited = EDIT_PROMPT.replace("circle", "square")
     out = tab.attend_edit(EDIT_PROMPT, "circle", edited, 0.4, 2, "unet", 1, 8)
@@ -149,7 +150,7 @@ def test_attend_edit_handler_edits_only_where_the_word_attends(tab):
 
 
 def test_the_attend_edit_endpoint_is_served(client):
-    from demo.tab_usecases.forms import EDIT_PROMPT
+    EDIT_PROMPT = SHAPES.default_prompt  # the tab's first edit on the embedded (shapes) model
 
     gallery, summary = client.predict(
         EDIT_PROMPT,

@@ -7,6 +7,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from explain.clip.tokens import tokenize_prompt
 from explain.clip.vocabulary import model_vocabulary, unknown_words, unknown_words_message
 from explain.diffusion.loading import EMBEDDED_MODEL_DIR
+from explain.world.content import SHAPES
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,9 @@ def test_the_cli_reports_unknown_words_of_the_embedded_model(tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unknown_words"] == ["unicorn"]
-    assert "`unicorn` is not a word this model has seen" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "`unicorn` is not a word this model has seen" in err
+    assert f'Try: "{SHAPES.suggestion}"' in err  # an in-world prompt of the embedded (shapes) model
 
 
 def test_the_vocabulary_is_cached_per_weight_and_refreshed_after_an_in_place_change(tiny_sd1_dir):

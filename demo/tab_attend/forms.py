@@ -12,8 +12,7 @@ from explain.engine.requests import GenerationRequest, finite, whole
 
 __all__ = [
     "DEFAULTS",
-    "PRESETS",
-    "PRESET_LABELS",
+    "PRESET_STEPS",
     "PART_CHOICES",
     "DOWNSAMPLE_CHOICES",
     "NORMALIZATION_CHOICES",
@@ -42,8 +41,7 @@ __all__ = [
     "GuidanceViews",
 ]
 
-DEFAULTS = {
-    "prompt": "a big red circle on the left and a small blue triangle on the right",
+DEFAULTS = {  # the prompt is the model's world's (AttendTab.world.default_prompt)
     "negative": "",
     "seed": 0,
     "steps": 20,
@@ -52,12 +50,7 @@ DEFAULTS = {
     "height": None,
     "width": None,
 }
-PRESETS = [
-    ["a big red circle on the left and a small blue triangle on the right", "", 0, 15, 7.5, "default"],
-    ["a yellow star at the top and a purple heart at the bottom", "", 3, 15, 7.5, "default"],
-    ["a big green square in the center at night", "", 5, 15, 7.5, "DDIM"],
-]
-PRESET_LABELS = ["red circle + blue triangle", "yellow star + purple heart", "green square at night (DDIM)"]
+PRESET_STEPS = 15  # the presets' steps (the model's own guidance; prompts, seeds and schedulers from its world)
 PART_CHOICES = [("down blocks", "down"), ("middle block", "mid"), ("up blocks", "up")]
 DOWNSAMPLE_CHOICES = [("full latent size", 1), ("½", 2), ("¼", 4), ("⅛", 8)]
 NORMALIZATION_CHOICES = [

@@ -58,6 +58,7 @@ class AttendTab:
     def __init__(self, engine):
         self.engine = engine
         self.guidance = engine.recommended_guidance(DEFAULTS["guidance"])  # e.g. 5 for the embedded model
+        self.world = engine.world()  # the prompts and presets of the model's world (explain.world.content)
         self._stops: dict[str, _Running] = {}  # session -> its running (or last stopped) run
         self._stops_lock = threading.Lock()
         self._recent: dict = {}  # request -> result of preset runs, so a preset's restore need not run it twice
@@ -135,7 +136,7 @@ class AttendTab:
         heads = 0 if joint else result.captured.shared_heads
         return Generated(
             image=result.image,
-            status=views.done_status(result),
+            status=views.done_status(result, self.world.suggestion),
             state=result,
             gallery=views.word_gallery(view),
             pair=self._film_pair(result, last),

@@ -15,8 +15,7 @@ from demo.tab_attend.forms import (
     MAPS_CONCURRENCY,
     NORMALIZATION_CHOICES,
     PART_CHOICES,
-    PRESET_LABELS,
-    PRESETS,
+    PRESET_STEPS,
     STOP_CONCURRENCY,
 )
 from explain.diffusion.geometry import SizeLimits
@@ -34,7 +33,7 @@ def build(tab, pipe_limits: SizeLimits, joint: bool = False) -> dict:
     deferred = _deferred_outputs()  # shown further down, but the presets (next to the inputs) need them
     form, image, examples = _build_form(tab, deferred, pipe_limits)
     maps = _build_maps(deferred, joint)
-    scoring = layout_classroom.build_score()
+    scoring = layout_classroom.build_score(tab.world)
     downloads = _build_film_and_qkv(deferred, joint)
     guidance = layout_classroom.build_guidance()
     ui = AttendUI(state, deferred, form, image, examples, maps, downloads)
@@ -108,7 +107,7 @@ def _build_form(tab, deferred: Deferred, pipe_limits: SizeLimits) -> tuple[Setti
 def _settings(tab, pipe_limits: SizeLimits) -> Settings:
     """The request's fields, Generate and Stop, the status lines."""
     multiple, default_hw, max_side = pipe_limits.multiple, pipe_limits.default_hw, pipe_limits.max_side
-    prompt = gr.Textbox(DEFAULTS["prompt"], label="Prompt", lines=2, elem_id="attend-prompt")
+    prompt = gr.Textbox(tab.world.default_prompt, label="Prompt", lines=2, elem_id="attend-prompt")
     negative = gr.Textbox("", label="Negative prompt (what to steer away from; the 'unconditional' branch)")
     with gr.Row():
         seed = seed_input(DEFAULTS["seed"], label="Seed")
@@ -131,14 +130,14 @@ def _settings(tab, pipe_limits: SizeLimits) -> Settings:
 def _presets(tab, form: Settings, image: gr.Image, deferred: Deferred) -> gr.Examples:
     """One-click presets, run without streaming and cached lazily (:meth:`AttendTab.preset`)."""
     return gr.Examples(
-        [[*row[:4], tab.guidance, *row[5:]] for row in PRESETS],  # the model's own guidance
+        [[p.prompt, "", p.seed, PRESET_STEPS, tab.guidance, p.scheduler] for p in tab.world.presets],
         inputs=[form.prompt, form.negative, form.seed, form.steps, form.guidance, form.scheduler],
         outputs=[image, form.status, deferred.gallery, deferred.pair, deferred.film],
         fn=tab.preset,
         cache_examples=True,
         cache_mode="lazy",
         label="Presets (one click)",
-        example_labels=PRESET_LABELS,
+        example_labels=[p.label for p in tab.world.presets],
     )
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, explain
-from demo.tab_attend.forms import DEFAULTS, FUNCTION_WORDS, SCORE_BRUSH
+from demo.tab_attend.forms import FUNCTION_WORDS, SCORE_BRUSH
 from explain.engine.requests import MAX_STEPS
 from explain.maps.score import LEADERBOARD_HEADERS, Leaderboard
+from explain.world.content import WorldContent
 
 __all__ = ["ScoreSection", "GuidanceSection", "build_score", "build_guidance", "wire"]
 
@@ -68,8 +69,9 @@ def _gallery(label: str, elem_id: str, columns: int = 4) -> gr.Gallery:
     )
 
 
-def build_score() -> ScoreSection:
-    """Score the map: paint the word's object on the generated image; the IoU with the word's thresholded map."""
+def build_score(world: WorldContent) -> ScoreSection:
+    """Score the map: paint the word's object on the generated image; the IoU with the word's thresholded map.
+    The word picker offers the content words of ``world``'s default prompt."""
     gr.Markdown("### Score the map: where do *you* think the word is?")
     board = gr.State(Leaderboard())
     with gr.Row():
@@ -87,9 +89,13 @@ def build_score() -> ScoreSection:
             )
         with gr.Column(scale=2):
             with gr.Row():
-                words = list(dict.fromkeys(w for w in DEFAULTS["prompt"].split() if w not in FUNCTION_WORDS))
+                words = list(dict.fromkeys(w for w in world.default_prompt.split() if w not in FUNCTION_WORDS))
                 word = gr.Dropdown(
-                    words, value="circle", allow_custom_value=True, label="Word (of the prompt)", elem_id="attend-word"
+                    words,
+                    value=world.focus_word,
+                    allow_custom_value=True,
+                    label="Word (of the prompt)",
+                    elem_id="attend-word",
                 )
                 name = gr.Textbox("", label="Your name (for the leaderboard)", max_length=NAME_CHARS)
             score = gr.Button("Score", variant="primary", elem_id="attend-score")

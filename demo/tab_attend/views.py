@@ -40,15 +40,17 @@ def step_status(item: StepUpdate) -> str:
     )
 
 
-def done_status(result) -> str:
-    """The status of a finished (or stopped) generation; words the model never saw are named."""
+def done_status(result, suggestion: str = "") -> str:
+    """The status of a finished (or stopped) generation; words the model never saw are named, with ``suggestion``
+    (a prompt of the model's world) to try instead."""
     stopped = f" **Stopped early** after {result.steps_done} steps." if result.interrupted else ""
     status = (
         f"Done: {result.steps_done} steps with {result.scheduler} in {result.seconds:.1f} s "
         f"(seed {result.request.seed}, guidance {result.request.guidance:g}).{stopped}"
     )
     if result.unknown_words:  # never silent: the model has no meaning for these words
-        status += f"\n\n⚠️ {unknown_words_message(result.unknown_words)} The presets below use only words it knows."
+        status += f"\n\n⚠️ {unknown_words_message(result.unknown_words)} The presets below use only words it knows"
+        status += f", e.g. “{suggestion}”." if suggestion else "."
     if result.joint is not None:
         status += (
             "\n\nJoint attention (SD3 / Flux): the maps are averaged over all steps and heads while they are "

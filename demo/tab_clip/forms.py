@@ -14,10 +14,6 @@ __all__ = [
     "MAX_UPLOADS",
     "PADDING_SHOWN",
     "LABEL_CHARS",
-    "DEFAULT_PROMPT",
-    "SHAPE_CLASSES",
-    "COLOR_CLASSES",
-    "DEFAULT_CLASSES",
     "CLIP_CODE_WIDTH",
     "Tokens",
     "Batch",
@@ -36,14 +32,6 @@ MAX_WORLD = 8
 MAX_UPLOADS = 8
 PADDING_SHOWN = 3  # padding slots drawn before the "... xN" chip
 LABEL_CHARS = 34  # text labels on the logits plot are cut to this many characters
-DEFAULT_PROMPT = "a big red circle on the left and a small blue triangle on the right"
-SHAPE_CLASSES = "\n".join(
-    f"a red {shape} in the center" for shape in ("circle", "square", "triangle", "star", "heart", "diamond")
-)
-COLOR_CLASSES = "\n".join(
-    f"a {color} star in the center" for color in ("red", "green", "blue", "yellow", "purple", "orange")
-)
-DEFAULT_CLASSES = SHAPE_CLASSES
 CLIP_CODE_WIDTH = 53  # column where the live-value comments start
 LIVE_FRAMES = 25  # frames a live training run streams (each: the matrix picture, the curves, the projection)
 # the form's defaults: n = 8 pairs take about 200 steps to turn the softmax diagonal (> 0.9 of it)

@@ -10,7 +10,6 @@ from PIL import Image
 from demo.common import SessionStops, open_image, session_id, user_errors
 from demo.tab_clip import layout, views
 from demo.tab_clip.forms import (
-    DEFAULT_PROMPT,
     MAX_UPLOADS,
     MAX_WORLD,
     Batch,
@@ -28,7 +27,6 @@ from explain.clip.vocabulary import unknown_words, vocabulary_of
 from explain.diffusion.geometry import context_width
 from explain.io.figures import clip_logits_figure
 from explain.joint.recording import is_joint_pipeline
-from explain.world import make_batch
 
 __all__ = ["ClipTab"]
 
@@ -38,6 +36,8 @@ class ClipTab:
 
     def __init__(self, engine):
         self.engine = engine
+        self.world = engine.world()  # the pipeline's world: the prompts tokenised (explain.world.content)
+        self.clip_world = engine.clip_world()  # the CLIP's world: its samples and zero-shot presets
         self._live = SessionStops()  # session -> the stop flag of its live training run
 
     def build(self) -> list:
@@ -64,11 +64,10 @@ class ClipTab:
         return tokens
 
     def _world(self, n: int, seed: int):
-
         with user_errors():
             if not 1 <= int(n) <= MAX_WORLD:
                 raise ValueError(f"choose 1 to {MAX_WORLD} world samples (got {n})")
-            return make_batch(int(n), int(seed), size=self.engine.clip().image_size)
+            return self.clip_world.samples(int(n), int(seed))  # at the world's size (CLIP's preprocess resizes)
 
     def sample_batch(self, n: int, seed: int) -> Batch:
         """World samples as a gallery and their true captions (one per line)."""
@@ -194,9 +193,9 @@ class ClipTab:
     def on_load(self) -> Loaded:
         """What the tab shows when the page opens: the default prompt tokenised, a batch of 4 through CLIP."""
         parts = (
-            self.tokenize(DEFAULT_PROMPT),
+            self.tokenize(self.world.default_prompt),
             self.sample_batch(4, 0),
             self.run_clip(4, 0, None, "", False, 10),
-            self.text_states(DEFAULT_PROMPT),
+            self.text_states(self.world.default_prompt),
         )
         return Loaded(**{name: value for part in parts for name, value in part._asdict().items()})

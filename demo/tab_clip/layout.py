@@ -8,18 +8,13 @@ import gradio as gr
 
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, seed_input
 from demo.tab_clip.forms import (
-    COLOR_CLASSES,
-    DEFAULT_CLASSES,
-    DEFAULT_PROMPT,
     LIVE_DEFAULTS,
     MAX_LEARNING_RATE,
     MAX_WORLD,
     MIN_LEARNING_RATE,
-    SHAPE_CLASSES,
 )
 from explain.clip.live import MAX_BATCH, MAX_LOGIT_SCALE
 from explain.clip.live import MAX_STEPS as MAX_LIVE_STEPS
-from explain.world import Scene, WorldObject, make_batch, render
 
 __all__ = ["build"]
 
@@ -101,7 +96,7 @@ def _build_tokens(tab) -> list:
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, scale=4)
+                prompt = gr.Textbox(tab.world.default_prompt, label="Prompt", lines=2, scale=4)
                 tokenize_btn = gr.Button("Tokenise", variant="primary", scale=1)
             strip = gr.HTML()
             summary = gr.Markdown()
@@ -118,7 +113,7 @@ def _build_tokens(tab) -> list:
     tokenize_btn.click(api_name="tokenize", **tok_event)
     prompt.submit(api_visibility="undocumented", **tok_event)
     gr.Examples(
-        [[DEFAULT_PROMPT], ["a ginormous cube"], [", ".join(["a big red circle on the left"] * 12)]],
+        [[tab.world.default_prompt], ["a ginormous cube"], [", ".join([tab.world.presets[0].prompt] * 12)]],
         inputs=[prompt],
         outputs=outputs,
         fn=tab.tokenize,
@@ -230,7 +225,7 @@ def _batch_form(tab, outputs: ClipOutputs) -> BatchForm:
         override = gr.Checkbox(False, label="Override the learned exp(t)")
         scale = gr.Slider(1, 100, value=10, step=0.5, label="exp(t) = 1 / temperature")
     run = gr.Button("Run CLIP", variant="primary")
-    captions = [s.caption for s in make_batch(4, 0)]
+    captions = [s.caption for s in tab.clip_world.samples(4, 0)]
     swapped = "\n".join([captions[1], captions[0], *captions[2:]])
     gr.Examples(
         [[4, 0, "", False, 10], [4, 0, swapped, False, 10], [4, 0, "", True, 2]],
@@ -251,7 +246,7 @@ def _build_zero_shot(tab) -> list:
     with gr.Row():
         _zero_shot_columns(tab)
         with gr.Column(scale=1):
-            hs_prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt for the U-Net", lines=2)
+            hs_prompt = gr.Textbox(tab.world.default_prompt, label="Prompt for the U-Net", lines=2)
             hs_btn = gr.Button("Show what the U-Net gets")
             hs_md = gr.Markdown()
             hs_df = gr.Dataframe(
@@ -269,15 +264,13 @@ def _zero_shot_columns(tab) -> None:
         image = gr.Image(
             label="Image to classify", type="pil", height=200, format="png", sources=["upload", "clipboard"]
         )
-        classes = gr.Textbox(DEFAULT_CLASSES, label="Candidate captions, one per line", lines=6)
+        classes = gr.Textbox(
+            "\n".join(tab.clip_world.default_candidates), label="Candidate captions, one per line", lines=6
+        )
         classify = gr.Button("Classify", variant="primary")
     with gr.Column(scale=1):
         label = gr.Label(label="CLIP's guess: softmax over the captions", num_top_classes=6)
-        examples = [
-            [render(Scene((WorldObject("red", "heart", "in the center", "big"),))).image, SHAPE_CLASSES],
-            [render(Scene((WorldObject("red", "triangle", "in the center", "big"),))).image, SHAPE_CLASSES],
-            [render(Scene((WorldObject("blue", "star", "in the center", "big"),))).image, COLOR_CLASSES],
-        ]
+        examples = [[tab.clip_world.draw(z.prompt), "\n".join(z.candidates)] for z in tab.clip_world.zero_shot]
         gr.Examples(
             examples,
             inputs=[image, classes],
@@ -285,7 +278,7 @@ def _zero_shot_columns(tab) -> None:
             fn=tab.zero_shot,
             cache_examples=True,
             cache_mode="lazy",
-            label="Presets: which shape? which colour?",
+            label="Presets: " + " ".join(dict.fromkeys(z.label.split(" (")[0] for z in tab.clip_world.zero_shot)),
             visible_columns=[0],
         )
         explain(

@@ -23,9 +23,6 @@ __all__ = [
     "Inpainted",
     "Outpainted",
     "AttendEdited",
-    "EDIT_PROMPT",
-    "EDIT_WORD",
-    "EDIT_NEW_WORD",
 ]
 
 TASKS = [
@@ -123,10 +120,6 @@ class AttendEdited(NamedTuple):
 
     gallery: list
     summary: str
-
-
-EDIT_PROMPT = "a big red circle on the left and a small blue triangle on the right"  # the tab's first edit
-EDIT_WORD, EDIT_NEW_WORD = "circle", "square"
 
 
 class Outpainted(NamedTuple):

@@ -10,9 +10,6 @@ import numpy as np
 from demo.common import IMAGE_FORMAT, MODEL_CONCURRENCY, PLOT_FORMAT, explain, lesson, seed_input
 from demo.tab_usecases.forms import (
     DEFAULT_STEPS,
-    EDIT_NEW_WORD,
-    EDIT_PROMPT,
-    EDIT_WORD,
     INPAINT_MODES,
     SAMPLE_SEED,
     STYLE_CHOICES,
@@ -291,12 +288,15 @@ def _build_outpaint(tab, sample: WorldSample) -> None:
 
 
 def _build_attend_edit(tab) -> None:
-    """Attention as a tool: a word's map becomes the mask of an inpainting edit."""
+    """Attention as a tool: a word's map becomes the mask of an inpainting edit (the first word swap of the model's
+    world, e.g. circle -> square)."""
+    world = tab.engine.world()
+    old, new, _ = world.steer.swap[0]
     with gr.Row():
         with gr.Column(scale=1):
-            prompt = gr.Textbox(EDIT_PROMPT, label="prompt (generated first)")
-            word = gr.Textbox(EDIT_WORD, label="word (of the prompt: its map is the mask)")
-            edited = gr.Textbox(EDIT_PROMPT.replace(EDIT_WORD, EDIT_NEW_WORD), label="edited prompt")
+            prompt = gr.Textbox(world.default_prompt, label="prompt (generated first)")
+            word = gr.Textbox(old, label="word (of the prompt: its map is the mask)")
+            edited = gr.Textbox(world.default_prompt.replace(old, new), label="edited prompt")
             threshold = gr.Slider(0.05, 0.95, value=0.4, step=0.05, label="mask threshold τ (DAAM: 0.4)")
             dilation = gr.Slider(0, 8, value=2, step=1, label="mask dilation (px)")
             mode = gr.Radio(INPAINT_MODES, value="unet", label="mode")

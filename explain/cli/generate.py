@@ -140,6 +140,7 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
     from explain.io.writers import write_attention_files
     from explain.joint.recording import is_joint_pipeline
     from explain.maps.aggregation import aggregate
+    from explain.world.content import model_content
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,8 @@ def _generate_one(pipe, args, prompt: str, seed: int, size: tuple[int, int], out
         "attention": "joint" if joint else "cross",
     }
     if summary["unknown_words"]:
-        print(f"note: {unknown_words_message(summary['unknown_words'])}", file=sys.stderr)
+        suggestion = model_content(args.model).suggestion
+        print(f'note: {unknown_words_message(summary["unknown_words"])} Try: "{suggestion}"', file=sys.stderr)
     if run.joint is not None:  # SD3 / Flux: joint-attention token maps and ConceptAttention maps
         write_joint_files(out, run.joint, run.image)
         summary.update(capture=True, **joint_summary(run.joint), notes=list(run.notes))

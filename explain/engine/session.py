@@ -41,12 +41,19 @@ from huggingface_hub import hf_hub_download
 from explain.capture.film import LatentPreview
 from explain.clip.model import CLIP_SUBDIR, load_clip
 from explain.diffusion.geometry import Geometry, SizeLimits
-from explain.diffusion.loading import EMBEDDED_MODEL_DIR, load_pipeline, recommended_settings, scheduler_class
+from explain.diffusion.loading import (
+    EMBEDDED_MODEL_DIR,
+    load_pipeline,
+    model_world,
+    recommended_settings,
+    scheduler_class,
+)
 from explain.diffusion.steps import StepPlan
 from explain.engine.requests import SCHEDULER_CHOICES, GenerationRequest
 from explain.engine.run import Capture, RunProgress, recorded_run
 from explain.joint.recording import is_joint_pipeline, prompt_concepts
 from explain.joint.tokens import text_layout
+from explain.world.content import WorldContent, model_content, world_content
 
 WARM_UP_PROMPT = "a red circle in the center"
 
@@ -193,13 +200,26 @@ class Engine:
                 self._pipe = load_pipeline(self.model, device=self.device)
             return self._pipe
 
+    def _clip_dir(self) -> Path:
+        """The directory whose CLIP tab 1 uses: the model's when it has a full CLIP, else the embedded model's."""
+        own = Path(self.model).expanduser() if self.model else None
+        return own if own is not None and (own / CLIP_SUBDIR).is_dir() else EMBEDDED_MODEL_DIR
+
     def clip(self):
         """The embedded model's full CLIP (:class:`explain.clip.model.ClipBundle`), from the model dir when it has one."""
         with self._load_lock:
             if self._clip is None:
-                own = Path(self.model) if self.model else None
-                self._clip = load_clip(own if own is not None and (own / CLIP_SUBDIR).is_dir() else EMBEDDED_MODEL_DIR)
+                self._clip = load_clip(self._clip_dir())
             return self._clip
+
+    def world(self) -> WorldContent:
+        """What the views show of the model's world (:mod:`explain.world.content`): its prompts and presets; a model
+        trained on no world of ours (a real checkpoint) gets plain-English ones. Reads no weights."""
+        return model_content(self.model)
+
+    def clip_world(self) -> WorldContent:
+        """The world of the CLIP :meth:`clip` loads (its samples and zero-shot candidates are of that world)."""
+        return world_content(model_world(self._clip_dir()) or "shapes")
 
     def latent_preview(self):
         """A :class:`explain.capture.film.LatentPreview` fitted once to the model's VAE."""

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "IMAGE_SIZE",
     "COLORS",
     "SHAPES",
     "POSITIONS",
@@ -65,6 +66,8 @@ POSITIONS: dict[str, tuple[float, float]] = {
 SIZES: dict[str, float] = {"small": 0.10, "medium": 0.135, "big": 0.17}
 SCENES: tuple[str, ...] = ("at night", "on grass", "at sunset")
 STYLES: tuple[str, ...] = ("outlined", "striped")
+
+IMAGE_SIZE = 64  # the side in pixels the shapes models are trained at
 
 # Colour-shape pairs never drawn in training: the evaluation asks for them to test generalisation.
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
@@ -268,7 +271,7 @@ def _background(scene: str | None, size: int, rng: np.random.Generator) -> np.nd
 
 
 def render(
-    scene: Scene, size: int = 64, rng: np.random.Generator | None = None, jitter: float = 0.05
+    scene: Scene, size: int = IMAGE_SIZE, rng: np.random.Generator | None = None, jitter: float = 0.05
 ) -> RenderedScene:
     """Draw a scene at ``size``x``size`` pixels with small random jitter of position and radius."""
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -330,7 +333,7 @@ def parse_prompt(text: str) -> Scene | None:
 
 
 def make_batch(
-    n: int, seed: int, size: int = 64, max_objects: int = 2, allow_held_out: bool = False, **kwargs
+    n: int, seed: int, size: int = IMAGE_SIZE, max_objects: int = 2, allow_held_out: bool = False, **kwargs
 ) -> list[RenderedScene]:
     """``n`` rendered scenes, deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
