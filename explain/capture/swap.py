@@ -48,7 +48,8 @@ class ProcessorSwap:
 
     ``model`` is anything whose attention modules have diffusers' public processor API (``get_processor`` /
     ``set_processor``, what ``attn_processors`` / ``set_attn_processor`` use): a U-Net or a transformer. ``select(name, module)`` sees each attention module by its dotted name, in the model's
-    execution order; the rest keep their processor. On exit (also on error) the originals are set back.
+    execution order; the rest keep their processor. On exit (also on error) the originals are set back. ``modules``
+    (name -> module, in execution order) spares the walk of the tree when the caller has made it.
     """
 
     def __init__(
@@ -57,11 +58,13 @@ class ProcessorSwap:
         select: Callable[[str, object], bool],
         factory: Callable[[str, object], object],
         empty_message: str = "the model has no attention layers to wrap",
+        modules: dict[str, object] | None = None,
     ):
         self.model = model
         self.select = select
         self.factory = factory
         self.empty_message = empty_message
+        self.modules = modules  # the attention modules by name, when the caller has walked the tree already
         self._originals: dict | None = None
 
     def __enter__(self) -> ProcessorSwap:
@@ -70,10 +73,11 @@ class ProcessorSwap:
         # One walk of the tree, then each layer's own public set_processor: what set_attn_processor does per layer,
         # without its further walks (about 1-2 ms per generation, which shows on tiny models). The layers are the
         # modules attn_processors lists (those with get_processor), in the same (execution) order.
+        walked = self.model.named_modules() if self.modules is None else self.modules.items()
         chosen = [
             (name, module)
-            for name, module in self.model.named_modules()
-            if hasattr(module, "get_processor") and self.select(name, module)
+            for name, module in walked
+            if hasattr(type(module), "get_processor") and self.select(name, module)
         ]
         if not chosen:
             raise ValueError(self.empty_message)

@@ -73,7 +73,9 @@ def _joint_modules(transformer, family: Family) -> dict[str, tuple[torch.nn.Modu
     """Joint-attention modules in execution order (one walk of the tree): path -> (module, kind)."""
     found = {}
     for name, module in transformer.named_modules():
-        if hasattr(module, "get_processor"):  # the modules with diffusers' processor API, as ProcessorSwap picks them
+        if hasattr(
+            type(module), "get_processor"
+        ):  # the modules with diffusers' processor API, as ProcessorSwap picks them
             kind = _kind_of(module, family)
             if kind is not None:
                 found[name] = (module, kind)
@@ -217,6 +219,7 @@ class JointCapture:
             lambda name, _: name in self._layers,
             wrap,
             "the transformer has no joint-attention layers",
+            modules={name: module for name, (module, _) in modules.items()},  # one walk of the tree, not two
         )
         swap.__enter__()
         self._swap = swap
