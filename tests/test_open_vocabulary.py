@@ -160,5 +160,15 @@ def test_token_optimisation_map_matches_ovam_and_fitting_moves_the_map_to_the_ma
         return float(heat[:, : hw[1] // 2].sum() / heat.sum())
 
     assert left_share(fitted) > left_share(states) + 0.1
+    # the soft Jaccard loss of DAAM's mask (min-max > 0.4, sigmoid at T = 0.05): its start value, and it also fits
+    low, high = mine.min(), mine.max()
+    soft = torch.sigmoid(((mine - low) / (high - low) - 0.4) / 0.05)[None]
+    jaccard = 1 - (soft * mask).sum() / (soft + mask - soft * mask).sum()
+    _, (first,) = optimize_token(recorded, states, token, mask, iterations=1, loss="soft_iou")
+    assert first == pytest.approx(float(jaccard), rel=1e-4)
+    fitted_iou, losses = optimize_token(recorded, states, token, mask, iterations=100, lr=0.2, loss="soft_iou")
+    assert losses[-1] < 0.8 * losses[0] and left_share(fitted_iou) > left_share(states) + 0.1
     with pytest.raises(ValueError, match="masks must be"):
         optimize_token(recorded, states, token, mask[0])
+    with pytest.raises(ValueError, match="loss must be"):
+        optimize_token(recorded, states, token, mask, loss="dice")
