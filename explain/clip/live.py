@@ -12,7 +12,7 @@ an image and a text encoder so that in a batch of ``n`` (image, text) pairs the 
 (:func:`explain.clip.model.build_open_clip`, sized by :class:`LiveClipConfig`: one step costs about 0.03 s of CPU
 time; its token table holds only the BPE ids the captions use), draws ``n`` scenes of the shapes world
 (:mod:`explain.world`) with distinct captions once, and minimises :func:`explain.clip.contrastive.contrastive_loss`
-with Adam, yielding a :class:`LiveFrame` every few steps: the ``n x n`` logits and both softmaxes, ``loss_i``,
+with Adam (gradient norm clipped at 1), yielding a :class:`LiveFrame` every few steps: the ``n x n`` logits and both softmaxes, ``loss_i``,
 ``loss_t``, ``loss``, the temperature, the share of the softmax on the diagonal and a 2-D PCA picture of the joint
 space (:mod:`explain.clip.projection`). As in the paper, ``t`` is clipped so that ``exp(t)`` never exceeds
 :data:`MAX_LOGIT_SCALE`.
@@ -372,6 +372,9 @@ def train_clip_live(
         loss = contrastive_loss(I_e, T_e[list(batch.targets)], scale)  # image k with caption targets[k]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # gradient-norm clip at 1 (as training.train_clip): at a constant rate Adam could throw a learned batch off
+        # again (seed 0, n = 8, unclipped: diagonal share 0.88 at step 150, 0.71 at step 200, 0.995 at step 250)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))  # the paper's clip at 100
