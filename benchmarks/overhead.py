@@ -6,8 +6,10 @@ plainly and with the tool, alternating which goes first; the ratio is the median
 Tool side: all-step capture of the prompt's tokens in every cross-attention layer (7, the 4x4 mid block
 included), then the word's DAAM map (:func:`explain.maps.aggregation.aggregate`), timed inside the tool's cost.
 
-Run: ``python -m benchmarks.overhead [--repeats 5] [--steps 25] [--threads 1] [--out FILE]``; writes
-``benchmarks/results/overhead_explain.json`` by default (the 2-thread run: ``overhead_explain_2threads.json``).
+Run: ``python -m benchmarks.overhead [--repeats 5] [--steps 25] [--threads 1] [--busy N] [--out FILE]``; writes
+``benchmarks/results/overhead_explain.json`` by default. ``--busy N`` runs it while N other processes keep cores
+busy (:func:`benchmarks.busy.busy_cores`: the "loaded" figures, reproducible), e.g.
+``--threads 2 --busy 2 --out benchmarks/results/overhead_explain_2threads_loaded.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import diffusers
 import numpy as np
 import torch
 
+from benchmarks.busy import busy_cores
 from benchmarks.external.common import add_arguments, run_benchmark, set_threads, to_uint8, write_result
 from explain.capture.recorder import AttentionRecorder
 from explain.clip.tokens import tokenize_prompt
@@ -34,6 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "overhead_explain.json"
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, default_model=Path(EMBEDDED_MODEL_DIR), default_out=RESULTS)
+    parser.add_argument("--busy", type=int, default=0, help="other processes keeping cores busy meanwhile")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     pipe = load_pipeline(str(args.model), device="cpu")
@@ -65,9 +69,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
 
     load_start = os.getloadavg()[0]
-    result = run_benchmark(plain, tool, args.repeats)
+    with busy_cores(args.busy):
+        result = run_benchmark(plain, tool, args.repeats)
+        load_end = os.getloadavg()[0]
     header = {"tool": "explain (this project)", "tool_version": "main", "diffusers_version": diffusers.__version__}
-    header["load_average_start_end"] = [load_start, os.getloadavg()[0]]  # other work on the cores (1-min average)
+    header["busy_processes"] = args.busy  # benchmarks.busy: other work on the cores, one thread each
+    header["load_average_start_end"] = [load_start, load_end]  # other work on the cores (1-min average)
     write_result(args.out, args, header, result)
     return result
 
