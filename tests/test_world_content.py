@@ -7,10 +7,10 @@ import shutil
 import gradio as gr
 import pytest
 
-from explain.diffusion.loading import EMBEDDED_MODEL_DIR, model_world
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR
 from explain.engine.session import Engine
 from explain.world import lexicon
-from explain.world.content import EMOJI, SHAPES, WORLDS, world_content
+from explain.world.content import EMOJI, SHAPES, WORLDS, model_world, world_content
 
 
 def _prompts(content):

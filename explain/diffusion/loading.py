@@ -38,7 +38,6 @@ from explain.diffusion.geometry import Geometry
 
 __all__ = [
     "recommended_settings",
-    "model_world",
     "read_model_index",
     "check_model_index",
     "check_safetensors",
@@ -399,12 +398,3 @@ def recommended_settings(model_dir: str | Path) -> dict:
     if "steps" in settings:
         out["recommended_steps"] = int(settings["steps"])
     return out
-
-
-def model_world(model_dir: str | Path) -> str | None:
-    """The procedural world a model directory was trained on (``explorer.json`` ``"world"``: ``"shapes"`` or
-    ``"emoji"``; an embedded model without the key is a shapes model), None for any other model (no world)."""
-    path = Path(model_dir) / EXPLORER_SETTINGS
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("world", "shapes")

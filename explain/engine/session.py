@@ -44,7 +44,6 @@ from explain.diffusion.geometry import Geometry, SizeLimits
 from explain.diffusion.loading import (
     EMBEDDED_MODEL_DIR,
     load_pipeline,
-    model_world,
     recommended_settings,
     scheduler_class,
 )
@@ -53,7 +52,7 @@ from explain.engine.requests import SCHEDULER_CHOICES, GenerationRequest
 from explain.engine.run import Capture, RunProgress, recorded_run
 from explain.joint.recording import is_joint_pipeline, prompt_concepts
 from explain.joint.tokens import text_layout
-from explain.world.content import WorldContent, model_content, world_content
+from explain.world.content import WorldContent, model_content, model_world, world_content
 
 WARM_UP_PROMPT = "a red circle in the center"
 

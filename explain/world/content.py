@@ -3,7 +3,7 @@
 Every tab that shows the world a model was trained on (tab 1's samples and zero-shot presets, tab 2's world
 images, tab 3's and tab 4's presets, the prompt offered next to an unknown-word message) reads it from one
 :class:`WorldContent`, chosen by the world the model directory names (``explorer.json`` ``"world"``, read by
-:func:`explain.diffusion.loading.model_world`):
+:func:`model_world`):
 
 - ``"shapes"``: the shapes world of ``models/tiny-shapes-sd`` (:mod:`explain.world.shapes`, 36 words);
 - ``"emoji"``: world v2 (:mod:`explain.world.emoji`, about 70 nouns), with the lesson's own examples ("a cat wearing
@@ -16,6 +16,7 @@ for a word it has not seen.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,19 @@ from types import ModuleType
 
 import numpy as np
 
-from explain.diffusion.loading import EMBEDDED_MODEL_DIR, model_world
+from explain.diffusion.loading import EMBEDDED_MODEL_DIR, EXPLORER_SETTINGS
 from explain.world import emoji, lexicon, shapes
 
-__all__ = ["WORLDS", "Preset", "SteerPresets", "ZeroShotExample", "WorldContent", "world_content", "model_content"]
+__all__ = [
+    "WORLDS",
+    "Preset",
+    "SteerPresets",
+    "ZeroShotExample",
+    "WorldContent",
+    "world_content",
+    "model_world",
+    "model_content",
+]
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,15 @@ def world_content(world: str | None) -> WorldContent:
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
     return WORLDS[world]
+
+
+def model_world(model_dir: str | Path) -> str | None:
+    """The procedural world a model directory was trained on (``explorer.json`` ``"world"``: ``"shapes"`` or
+    ``"emoji"``; an embedded model without the key is a shapes model), None for any other model (no world)."""
+    path = Path(model_dir) / EXPLORER_SETTINGS
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("world", "shapes")
 
 
 def model_content(model: str | Path | None) -> WorldContent:
