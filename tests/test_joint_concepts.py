@@ -114,7 +114,24 @@ def test_the_stream_stops_after_the_last_recorded_layer_without_changing_its_sco
     every, first = _concepts(pipe), _concepts(pipe, layers=["transformer_blocks.0.attn"])
     with JointCapture(pipe, every, first):
         generate(pipe, PROMPT)
-        assert first._stream is None and first._last == "transformer_blocks.0.attn"
-    every, first = every.result(), first.result()
+        assert first._run == ("transformer_blocks.0.attn",) and len(every._run) > 1
+    recorders, (every, first) = (every, first), (every.result(), first.result())
+    assert not any(r._streams for r in recorders)  # every step's stream ended at its last layer
     assert first.layer_names == ("transformer_blocks.0.attn",)
     assert torch.equal(first.scores["transformer_blocks.0.attn"], every.scores["transformer_blocks.0.attn"])
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_deferred_steps_as_one_batch_equal_the_stream_advanced_call_by_call(pipes, kind):
+    """The stream is advanced for all kept steps at once (``work_bytes`` large) or as the model runs (``work_bytes``
+    0: every call flushes): the same φ per step up to float32 rounding, and the same maps."""
+    pipe = pipes[kind]
+    batched, immediate = _concepts(pipe, per_step=True), _concepts(pipe, per_step=True, work_bytes=0)
+    with JointCapture(pipe, batched, immediate):
+        generate(pipe, PROMPT, steps=3)
+        assert len(batched._deferred) == 3 * len(batched._run) and not immediate._deferred
+    batched, immediate = batched.result(), immediate.result()
+    for name in batched.layer_names:
+        assert batched.scores[name].shape[0] == 3
+        torch.testing.assert_close(batched.scores[name], immediate.scores[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.maps(), immediate.maps(), rtol=1e-4, atol=1e-6)

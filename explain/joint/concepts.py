@@ -25,7 +25,8 @@ the step's timestep with a zero pooled text vector. Flux single-stream blocks ca
 uses the double-stream blocks).
 
 Memory law: 4 · n_joint_layers · S' · B' · H' · C · N bytes (S' = steps or 1, H' = heads or 1) accumulated on the
-model's device, plus the concept stream B' · C · width for one call.
+model's device; transiently, at most ``work_bytes`` of the model's image keys, values and outputs kept for the
+deferred stream (see :class:`ConceptAttentionRecorder`) and the streams of the steps kept, S · B' · C · width.
 """
 
 from __future__ import annotations
@@ -114,8 +115,45 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the batch, without a copy for a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _held_bytes(*tensors: torch.Tensor) -> int:
+    """Bytes a reference to these tensors keeps alive (their whole storages: views hold their base)."""
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors
+class _Deferred:
+    """One joint layer call of one step, kept until the concept stream is advanced through it.
+
+    Attributes:
+        step: Recorded step.
+        name: Layer path.
+        attn: The attention module.
+        key: (B', heads, N, d) image keys of the call (a view).
+        value: (B', heads, N, d) image values (a view).
+        out: (B', N, heads*d) image outputs of the model's joint attention (a view), None where φ is not recorded.
+    """
+
+    step: int
+    name: str
+    attn: torch.nn.Module
+    key: torch.Tensor
+    value: torch.Tensor
+    out: torch.Tensor | None
+
+
 class ConceptAttentionRecorder:
     """Context manager running concept tokens through the joint blocks beside the image; see the module docstring.
+
+    The concept stream does not feed back into the model, so it need not run while the model does: each layer
+    call's image keys, values and outputs are kept (references, at most ``work_bytes``) and the stream is advanced
+    through a layer for all kept steps at once (the steps are a batch: one set of ops per layer instead of one per
+    layer and step; on the tiny test models the per-op cost is what the stream costs). A step whose calls alone pass
+    ``work_bytes`` (real models at full size) is advanced layer by layer as the model runs.
 
     Args:
         pipe: ``StableDiffusion3Pipeline`` or ``FluxPipeline``.
@@ -129,7 +167,8 @@ class ConceptAttentionRecorder:
         embeddings: (C, joint_attention_dim) encoder-space concept embeddings to use instead of encoding the words.
         pooled: (pooled_projection_dim,) pooled text vector for the concept stream's time embedding (default:
             zeros, as the reference implementation).
-        layers: Joint layers whose φ to record (default: all; the stream runs through every joint block anyway).
+        layers: Joint layers whose φ to record (default: all; the stream runs up to the last of them).
+        work_bytes: Bound on the bytes of the model's tensors kept for the deferred stream.
     """
 
     def __init__(
@@ -146,6 +185,7 @@ class ConceptAttentionRecorder:
         embeddings: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         layers: Sequence[str] | None = None,
+        work_bytes: int = 64 * 2**20,
     ):
         self.pipe = pipe
         self.concepts = tuple(concepts)
@@ -162,10 +202,13 @@ class ConceptAttentionRecorder:
         self.embeddings = embeddings  # (C, D)
         self.pooled = pooled
         self.layers = None if layers is None else tuple(layers)
-        self._stream: torch.Tensor | None = None  # (B', C, width) concept residual stream of the running call
+        self.work_bytes = work_bytes
         self._start: torch.Tensor | None = None  # (B', C, width) context_embedder(embeddings)
-        self._temb: torch.Tensor | None = None
-        self._step = -1
+        self._timesteps: dict[int, torch.Tensor] = {}  # step -> its timestep, until its stream starts
+        self._deferred: list[_Deferred] = []
+        self._deferred_bytes = 0
+        self._streams: dict[int, torch.Tensor] = {}  # step -> (B', C, width) stream after its last advanced layer
+        self._tembs: dict[int, torch.Tensor] = {}  # step -> (B', width) time embedding of its stream
         self._acc: dict[int, dict[str, torch.Tensor]] = {}  # slot -> layer -> summed φ (B', H', C, N)
         self._counts: dict[int, dict[str, int]] = {}
 
@@ -185,18 +228,21 @@ class ConceptAttentionRecorder:
         self.capture = capture
         self._recorded = tuple(n for n in joint if self.layers is None or n in self.layers)
         self._last = self._recorded[-1] if self._recorded else None  # the stream is not needed after this layer
+        self._run = tuple(joint[: joint.index(self._last) + 1]) if self._last else ()  # layers the stream runs
         self._blocks = {name: capture.transformer.get_submodule(name.rsplit(".", 1)[0]) for name in joint}
 
     @torch.no_grad()
-    def _time_embedding(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
-        """The transformer's time embedding for this step (pooled vector: ``pooled`` or zeros), as the model makes it."""
+    def _time_embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """(R, width): the transformer's time embedding of per-row ``timesteps`` (R,) (pooled vector: ``pooled``
+        or zeros), as the model makes it."""
         transformer = self.pipe.transformer
         param = next(transformer.parameters())
+        batch = timesteps.shape[0]
         if self.pooled is None:
             pooled = param.new_zeros(batch, transformer.config.pooled_projection_dim)
         else:
             pooled = self.pooled.to(param.device, param.dtype).expand(batch, -1)
-        t = timestep.to(param.device).expand(batch)
+        t = timesteps.to(param.device)
         if self.capture.family is Family.SD3:
             return transformer.time_text_embed(t, pooled)  # SD3: transformer(timestep=t)
         t = (t.to(param.dtype) / FLUX_TIMESTEP_SCALE).to(param.dtype) * FLUX_TIMESTEP_SCALE
@@ -209,69 +255,108 @@ class ConceptAttentionRecorder:
     # -- sink interface (called by JointCapture) ------------------------------------------------------------------
     @torch.no_grad()
     def on_transformer_call(self, step: int, timestep, rows: slice) -> None:
-        """A recorded transformer call starts: fresh concept stream and time embedding for its rows."""
-        transformer = self.pipe.transformer
-        param = next(transformer.parameters())
+        """A recorded transformer call starts: its step gets a concept stream (started when first advanced)."""
         batch = rows.stop - rows.start
         if self._start is None or self._start.shape[0] != batch:  # the stream's input, the same every call
+            self._flush()  # deferred steps were started with the old batch
+            transformer = self.pipe.transformer
+            param = next(transformer.parameters())
             start = transformer.context_embedder(self.embeddings.to(param.device, param.dtype))  # (C, width)
             self._start = start.unsqueeze(0).expand(batch, *start.shape).contiguous()  # (B', C, width)
-        self._step = step
-        self._stream = self._start
-        self._temb = self._time_embedding(torch.as_tensor(timestep), batch)
+        self._timesteps[step] = torch.as_tensor(timestep).reshape(())
 
-    @torch.no_grad()
     def on_call(self, call: JointCall) -> None:
-        if call.kind is not LayerKind.JOINT or self._stream is None:
+        if call.kind is not LayerKind.JOINT or call.name not in self._run or call.step not in self._timesteps:
             return
-        last = call.name == self._last  # later blocks would only update a stream no φ reads
-        phi, stream = self._concept_step(self._blocks[call.name], call, call.name in self._recorded, not last)
-        self._stream = None if last else stream
+        image, tensors = call.image, call.tensors
+        out = tensors.heads_out[:, image] if call.name in self._recorded else None
+        self._deferred.append(
+            _Deferred(call.step, call.name, call.attn, tensors.key[:, :, image], tensors.value[:, :, image], out)
+        )
+        self._deferred_bytes += _held_bytes(tensors.key, tensors.value, tensors.heads_out)
+        if self._deferred_bytes > self.work_bytes:
+            self._flush()
+
+    # -- the deferred stream ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _flush(self) -> None:
+        """Advance the concept streams of the deferred steps through their deferred layers, layer by layer, the
+        steps of a layer as one batch."""
+        deferred, self._deferred, self._deferred_bytes = self._deferred, [], 0
+        fresh = sorted({d.step for d in deferred} - set(self._streams))
+        if fresh:  # their streams start: one time embedding for all of them
+            batch = self._start.shape[0]
+            times = torch.stack([self._timesteps[s] for s in fresh]).repeat_interleave(batch)  # (S·B',)
+            for step, temb in zip(fresh, self._time_embedding(times).split(batch), strict=True):
+                self._streams[step], self._tembs[step] = self._start, temb
+        for name in self._run:  # execution order: each step's earlier layers are advanced first
+            calls = [d for d in deferred if d.name == name]
+            if calls:
+                self._advance(name, calls)
+
+    def _advance(self, name: str, calls: list[_Deferred]) -> None:
+        steps = [c.step for c in calls]
+        batch = self._start.shape[0]
+        phi, stream = self._concept_step(
+            self._blocks[name],
+            calls[0].attn,
+            _cat([self._streams[s] for s in steps]),  # (S·B', C, width)
+            _cat([self._tembs[s] for s in steps]),
+            _cat([c.key for c in calls]),  # (S·B', heads, N, d)
+            _cat([c.value for c in calls]),
+            None if calls[0].out is None else _cat([c.out for c in calls]),  # (S·B', N, heads*d)
+            update=name != self._last,  # later blocks would only update a stream no φ reads
+        )
+        for i, step in enumerate(steps):
+            if stream is None:
+                del self._streams[step], self._tembs[step], self._timesteps[step]
+            else:
+                self._streams[step] = stream[i * batch : (i + 1) * batch]
         if phi is None:
             return
-        slot = call.step if self.per_step else 0
-        acc, counts = self._acc.setdefault(slot, {}), self._counts.setdefault(slot, {})
-        if call.name in acc:
-            acc[call.name].add_(phi)
-        else:
-            acc[call.name] = phi
-        counts[call.name] = counts.get(call.name, 0) + 1
+        phi = phi.unflatten(0, (len(steps), batch))  # (S, B', H', C, N)
+        groups = [(s, phi[i]) for i, s in enumerate(steps)] if self.per_step else [(0, phi.sum(dim=0))]
+        for slot, part in groups:
+            acc, counts = self._acc.setdefault(slot, {}), self._counts.setdefault(slot, {})
+            if name in acc:
+                acc[name].add_(part)
+            else:
+                acc[name] = part
+            counts[name] = counts.get(name, 0) + (1 if self.per_step else len(steps))
 
     def _concept_step(
-        self, block, call: JointCall, record: bool, update: bool
+        self, block, attn, stream, temb, key, value, out, update: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One block for the concept stream: φ (B', H', C, N) if ``record``, and the updated stream if ``update``
-        (None after the last block).
+        """One block for the concept stream (R = rows of the batch): φ (R, H', C, N) if ``out`` (R, N, heads*d) is
+        given, and the updated stream if ``update`` (None after the last block). ``key`` / ``value``: (R, heads,
+        N, d) of the image tokens.
 
         Helbling et al. 2025: o_c = softmax(q_c [k_x; k_c]ᵀ / √d) [v_x; v_c], φ = o_c · o_xᵀ (summed over heads
         unless ``per_head``: one product over the concatenated heads, (C, H·d) x (H·d, N)).
         """
-        attn, stream, temb = call.attn, self._stream, self._temb
         pre_only = getattr(block, "context_pre_only", False)  # SD3's last block: no text-stream update after it
         if pre_only:
             normed = block.norm1_context(stream, temb)
         else:
             normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(stream, emb=temb)
-        head_dim = call.tensors.query.shape[-1]
-        q_c = _heads(attn.add_q_proj(normed), head_dim)  # (B', heads, C, d)
+        head_dim = key.shape[-1]
+        q_c = _heads(attn.add_q_proj(normed), head_dim)  # (R, heads, C, d)
         k_c = _heads(attn.add_k_proj(normed), head_dim)
         v_c = _heads(attn.add_v_proj(normed), head_dim)
         if attn.norm_added_q is not None:
             q_c = attn.norm_added_q(q_c)
         if attn.norm_added_k is not None:
             k_c = attn.norm_added_k(k_c)
-        image = call.image
-        keys = torch.cat([call.tensors.key[:, :, image], k_c], dim=2)  # (B', heads, N + C, d)
-        values = torch.cat([call.tensors.value[:, :, image], v_c], dim=2)
-        o_c = F.scaled_dot_product_attention(q_c, keys, values)  # (B', heads, C, d); Flux: concepts at position 0
-        flat = o_c.transpose(1, 2).flatten(2)  # (B', C, heads*d)
+        keys = torch.cat([key, k_c], dim=2)  # (R, heads, N + C, d)
+        values = torch.cat([value, v_c], dim=2)
+        o_c = F.scaled_dot_product_attention(q_c, keys, values)  # (R, heads, C, d); Flux: concepts at position 0
+        flat = o_c.transpose(1, 2).flatten(2)  # (R, C, heads*d)
         phi = None
-        if record and self.per_head:
-            o_x = _heads(call.tensors.heads_out[:, image], head_dim)  # (B', heads, N, d)
-            phi = o_c.float() @ o_x.float().transpose(-1, -2)  # (B', heads, C, N)
-        elif record:
-            o_x = call.tensors.heads_out[:, image]  # (B', N, heads*d)
-            phi = torch.bmm(flat.float(), o_x.float().transpose(1, 2)).unsqueeze(1)  # (B', 1, C, N)
+        if out is not None and self.per_head:
+            o_x = _heads(out, head_dim)  # (R, heads, N, d)
+            phi = o_c.float() @ o_x.float().transpose(-1, -2)  # (R, heads, C, N)
+        elif out is not None:
+            phi = torch.bmm(flat.float(), out.float().transpose(1, 2)).unsqueeze(1)  # (R, 1, C, N)
         if pre_only or not update:
             return phi, None
         stream = stream + gate_msa.unsqueeze(1) * attn.to_add_out(flat)
@@ -280,6 +365,7 @@ class ConceptAttentionRecorder:
         return phi, stream
 
     def result(self) -> ConceptMaps:
+        self._flush()
         if not self._acc:
             raise RuntimeError("nothing was recorded: run the pipeline inside `with ConceptAttentionRecorder(...)`")
         h, w = self.grid_hw
